@@ -1,0 +1,1 @@
+"""The web service: API, pages, auth, database models and the admin CLI."""

@@ -1,0 +1,99 @@
+"""Assignments as students and staff see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from server.assignments import service
+from server.assignments.service import AssignmentAccess
+from server.deps import CurrentUser, SessionDep
+
+router = APIRouter(prefix="/api", tags=["assignments"])
+
+
+class TestInfo(BaseModel):
+    name: str
+    weight: float
+    visibility: str
+    description: str
+
+
+class AssignmentOut(BaseModel):
+    course: str
+    slug: str
+    title: str
+    summary: str
+    points: float
+    queue: str
+    published: bool
+    opens_at: datetime | None
+    due_at: datetime | None
+    closes_at: datetime | None
+    accepting_submissions: bool
+    not_accepting_reason: str | None
+    allowed_files: list[str]
+    max_upload_bytes: int
+    time_limit_s: float
+    leaderboard: dict[str, Any] | None
+    bundle_version: str
+    bundle_sha256: str
+    your_role: str
+
+
+class AssignmentDetailOut(AssignmentOut):
+    readme: str
+    functions: list[str]
+    tests: list[TestInfo]
+
+
+def assignment_out(access: AssignmentAccess) -> dict[str, Any]:
+    assignment = access.assignment
+    manifest = assignment.bundle.manifest
+    reason = service.submission_window_error(assignment)
+    return {
+        "course": assignment.course.slug,
+        "slug": assignment.slug,
+        "title": assignment.title,
+        "summary": assignment.summary,
+        "points": assignment.points,
+        "queue": assignment.queue,
+        "published": assignment.published,
+        "opens_at": assignment.opens_at,
+        "due_at": assignment.due_at,
+        "closes_at": assignment.closes_at,
+        "accepting_submissions": reason is None,
+        "not_accepting_reason": reason,
+        "allowed_files": manifest["allowed_files"],
+        "max_upload_bytes": manifest["max_upload_bytes"],
+        "time_limit_s": manifest["time_limit_s"],
+        "leaderboard": manifest["leaderboard"] if assignment.leaderboard_enabled else None,
+        "bundle_version": assignment.bundle.version,
+        "bundle_sha256": assignment.bundle.sha256,
+        "your_role": access.role.value,
+    }
+
+
+@router.get("/assignments", response_model=list[AssignmentOut])
+def list_assignments(session: SessionDep, user: CurrentUser) -> list[dict[str, Any]]:
+    return [assignment_out(a) for a in service.list_for_user(session=session, user=user)]
+
+
+@router.get("/courses/{course}/assignments/{slug}", response_model=AssignmentDetailOut)
+def get_assignment(course: str, slug: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    access = service.get_for_user(session=session, user=user, course_slug=course, slug=slug)
+    manifest = access.assignment.bundle.manifest
+    return {
+        **assignment_out(access),
+        "readme": manifest["readme"],
+        "functions": manifest["functions"],
+        # Test names and weights are public; their code, inputs and expected outputs never are, and the
+        # description of a hidden test is for staff only.
+        "tests": [
+            test if access.is_staff or test["visibility"] == "visible" else {**test, "description": ""}
+            for test in manifest["tests"]
+        ],
+    }

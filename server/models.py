@@ -1,0 +1,25 @@
+"""Every table, imported in one place for Alembic and for relationship resolution."""
+
+from server.assignments.models import Assignment, GraderBundle
+from server.audit.models import AuditEvent
+from server.auth.models import ApiToken, BrowserSession, User
+from server.courses.models import Course, Enrollment, Role
+from server.db import Base
+from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
+
+__all__ = [
+    "ApiToken",
+    "Assignment",
+    "AuditEvent",
+    "Base",
+    "Blob",
+    "BrowserSession",
+    "Course",
+    "Enrollment",
+    "GraderBundle",
+    "GradingRun",
+    "Role",
+    "Submission",
+    "SubmissionStatus",
+    "User",
+]

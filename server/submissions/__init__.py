@@ -1,0 +1,1 @@
+"""Submissions: upload, storage, status and results."""

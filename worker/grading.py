@@ -1,0 +1,389 @@
+"""Grading one submission: claim it, run the trusted grader against the sandboxed code, record the result.
+
+Plain Python, callable without a broker (tests do). The Celery task in worker.celery_app is a thin wrapper.
+
+Idempotency: a submission is graded only by whoever moved it from 'queued' to 'running' (attempt += 1) in one
+conditional UPDATE, and a result is recorded only by the holder of that attempt while the row is still
+'running'. A duplicated or redelivered task therefore finds nothing to claim, and a worker whose lease was
+reclaimed by the sweeper cannot overwrite the newer attempt's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from graders.harness import GradeReport, grade
+from graders.package import AssignmentPackage, extract_bundle, load_package, runner_argv, runner_files
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from graders.protocol import Channel
+from server import queue
+from server.assignments.models import GraderBundle
+from server.db import utcnow
+from server.settings import Settings
+from server.submissions import archive
+from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
+from server.submissions.sweeper import GAVE_UP_MESSAGE
+from worker.sandbox import Limits, Sandbox, SandboxResult, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class GradingContext:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    sandbox: Sandbox
+    worker_id: str
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(*, session: Session, submission_id: int, worker_id: str, lease_seconds: float) -> int | None:
+    """Atomically move a queued submission to running; returns the new attempt number, or None."""
+    now = utcnow()
+    changed = session.execute(
+        update(Submission)
+        .where(Submission.id == submission_id, Submission.status == SubmissionStatus.queued)
+        .values(
+            status=SubmissionStatus.running,
+            attempt=Submission.attempt + 1,
+            worker=worker_id,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            progress_done=0,
+            current_test=None,
+            status_message=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if not changed:
+        return None
+    submission = session.get(Submission, submission_id)
+    assert submission is not None
+    session.refresh(submission)
+    return submission.attempt
+
+
+def _guarded(submission_id: int, attempt: int) -> Any:
+    return update(Submission).where(
+        Submission.id == submission_id,
+        Submission.status == SubmissionStatus.running,
+        Submission.attempt == attempt,
+    )
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the claim's lease while grading runs, so only a dead worker's submissions are reclaimed."""
+
+    def __init__(self, ctx: GradingContext, submission_id: int, attempt: int) -> None:
+        super().__init__(name=f"lease-{submission_id}", daemon=True)
+        self._ctx = ctx
+        self._submission_id = submission_id
+        self._attempt = attempt
+        self._stop_event = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        lease = self._ctx.settings.worker.lease_seconds
+        while not self._stop_event.wait(lease / 3):
+            try:
+                with self._ctx.session_factory() as session:
+                    changed = session.execute(
+                        _guarded(self._submission_id, self._attempt)
+                        .values(lease_expires_at=utcnow() + timedelta(seconds=lease))
+                        .execution_options(synchronize_session=False)
+                    ).rowcount  # type: ignore[attr-defined]
+                    session.commit()
+                if not changed:
+                    self.lost = True
+                    return
+            except Exception:
+                log.exception("could not renew the lease of submission %s", self._submission_id)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def ensure_bundle(bundle: GraderBundle, cache_dir: Path) -> Path:
+    """The bundle's package directory, extracted once per sha256 and shared by later gradings."""
+    target = cache_dir / bundle.sha256
+    if target.is_dir():
+        return target / "package"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.sha256[:12]}-", dir=cache_dir))
+    try:
+        package_dir = extract_bundle(bundle.data, staging / "package")
+        if package_dir != staging / "package":
+            raise RuntimeError(f"bundle {bundle.sha256} extracted to an unexpected place: {package_dir}")
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():  # another worker won the race only if the target now exists
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / "package"
+
+
+def environment_info(sandbox: Sandbox) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
+    hardware: dict[str, Any] = {
+        "label": "cpu",
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "host": socket.gethostname(),
+    }
+    if torch.cuda.is_available():
+        hardware["label"] = torch.cuda.get_device_name(0)
+    software: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "sandbox": sandbox.name,
+    }
+    try:
+        import triton
+
+        software["triton"] = triton.__version__
+    except ImportError:
+        software["triton"] = None
+    return hardware, software
+
+
+def sandbox_limits(package: AssignmentPackage, settings: Settings) -> Limits:
+    return Limits(
+        wall_seconds=package.time_limit_s,
+        cpu_seconds=max(1, math.ceil(package.time_limit_s * 2)),
+        memory_bytes=package.memory_mb * 2**20,
+        max_processes=package.max_processes,
+        log_bytes=settings.log_bytes,
+    )
+
+
+@dataclass
+class Outcome:
+    report: GradeReport
+    sandbox_result: SandboxResult | None
+    seed: int
+    started_at: datetime
+
+
+def run_grading(
+    *,
+    ctx: GradingContext,
+    package: AssignmentPackage,
+    archive_blob: bytes,
+    on_progress: Callable[[int, int, str], None],
+) -> Outcome:
+    started_at = utcnow()
+    scratch_root = ctx.settings.scratch_path
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    # The sandbox uid must traverse (not list) these to reach its own workdir; nothing in them is readable.
+    os.chmod(scratch_root, 0o711)  # noqa: S103
+    job = Path(tempfile.mkdtemp(prefix="job-", dir=scratch_root))
+    try:
+        os.chmod(job, 0o711)  # noqa: S103
+        workdir = job / "work"
+        runner_dir = job / "runner"
+        workdir.mkdir()
+        runner_dir.mkdir()
+        archive.unpack(archive_blob, workdir)
+        for source in runner_files():
+            shutil.copyfile(source, runner_dir / source.name)
+            os.chmod(runner_dir / source.name, 0o644)
+        os.chmod(runner_dir, 0o755)  # noqa: S103 - the runner stub is public code, read by the sandbox uid
+        ctx.sandbox.prepare_workdir(workdir)
+        spec = SandboxSpec(
+            argv=runner_argv(package),
+            workdir=workdir,
+            ro_binds={runner_dir: "/runner"},
+            limits=sandbox_limits(package, ctx.settings),
+            gpu=package.queue == "gpu",
+        )
+        # The seed decides every hidden input; it stays on this side of the trust boundary.
+        seed = secrets.randbits(63)
+        with ctx.sandbox.run(spec) as session:
+            channel = Channel(session.stdout, session.stdin, default_timeout=package.call_timeout_s)
+            report = grade(package, channel, seed=seed, on_progress=on_progress)
+            # If the sandbox is already gone the send fails; its exit status below says why.
+            with contextlib.suppress(OSError, ValueError):
+                channel.send({"op": "shutdown"})
+            try:
+                result = session.wait(timeout=SHUTDOWN_GRACE_SECONDS)
+            except TimeoutError:
+                session.kill()
+                result = session.wait()
+        if report.status == "failed" and (result.timed_out or result.oom_killed):
+            report.failure_reason = f"Your program {result.describe()}. {report.failure_reason or ''}".strip()
+        return Outcome(report=report, sandbox_result=result, seed=seed, started_at=started_at)
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+
+
+def record(
+    *,
+    session: Session,
+    ctx: GradingContext,
+    submission: Submission,
+    attempt: int,
+    outcome: Outcome,
+    bundle: GraderBundle,
+) -> bool:
+    """Store the run and finish the submission in one transaction, if this attempt still holds it."""
+    report = outcome.report
+    status = SubmissionStatus.graded if report.status == "graded" else SubmissionStatus.failed
+    result = outcome.sandbox_result
+    hardware, software = environment_info(ctx.sandbox)
+    log_text = result.log.decode("utf-8", errors="replace") if result else ""
+    changed = session.execute(
+        _guarded(submission.id, attempt)
+        .values(
+            status=status,
+            score=report.score,
+            max_score=report.max_score,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+            progress_done=len(report.tests),
+            current_test=None,
+            status_message=report.failure_reason,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not changed:
+        session.rollback()
+        log.warning("submission %s attempt %s lost its claim; result discarded", submission.id, attempt)
+        return False
+    payload = report.to_json()
+    session.add(
+        GradingRun(
+            submission_id=submission.id,
+            attempt=attempt,
+            status=status,
+            score=report.score,
+            max_score=report.max_score,
+            results=payload["tests"],
+            metrics=report.metrics,
+            failure_reason=report.failure_reason,
+            log=log_text,
+            log_truncated=bool(result and result.log_truncated),
+            sandbox=(
+                {
+                    "exit_code": result.exit_code,
+                    "signal": result.signal,
+                    "timed_out": result.timed_out,
+                    "oom_killed": result.oom_killed,
+                    "wall_seconds": round(result.wall_seconds, 3),
+                    "cpu_seconds": result.cpu_seconds,
+                    "max_rss_bytes": result.max_rss_bytes,
+                }
+                if result
+                else {}
+            ),
+            worker=ctx.worker_id,
+            hardware=hardware,
+            software=software,
+            bundle_id=bundle.id,
+            bundle_sha256=bundle.sha256,
+            seed=str(outcome.seed),
+            started_at=outcome.started_at,
+        )
+    )
+    session.commit()
+    return True
+
+
+def release_after_fault(*, ctx: GradingContext, submission: Submission, attempt: int) -> str:
+    """An infrastructure fault: try again on another attempt, or give up with 'error' after the last."""
+    with ctx.session_factory() as session:
+        if attempt >= ctx.settings.worker.max_attempts:
+            values: dict[str, Any] = {
+                "status": SubmissionStatus.error,
+                "finished_at": utcnow(),
+                "status_message": GAVE_UP_MESSAGE,
+                "lease_expires_at": None,
+            }
+            outcome = "error"
+        else:
+            values = {
+                "status": SubmissionStatus.queued,
+                "enqueued_at": utcnow(),
+                "lease_expires_at": None,
+                "worker": None,
+            }
+            outcome = "retry"
+        changed = session.execute(
+            _guarded(submission.id, attempt).values(**values).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    if changed and outcome == "retry":
+        queue.enqueue_grading(
+            submission.id,
+            queue=submission.queue,
+            time_limit_s=float(submission.assignment.bundle.manifest["time_limit_s"]),
+        )
+    return outcome
+
+
+def grade_submission(submission_id: int, ctx: GradingContext) -> str:
+    """Grade one submission if it is still queued. Returns what happened: graded, failed, skipped, retry, error."""
+    with ctx.session_factory() as session:
+        attempt = claim(
+            session=session,
+            submission_id=submission_id,
+            worker_id=ctx.worker_id,
+            lease_seconds=ctx.settings.worker.lease_seconds,
+        )
+        if attempt is None:
+            log.info("submission %s is not queued; nothing to do", submission_id)
+            return "skipped"
+        submission = session.get(Submission, submission_id)
+        assert submission is not None
+        bundle = session.get(GraderBundle, submission.bundle_id)
+        blob = session.get(Blob, submission.archive_sha256)
+        assert bundle is not None and blob is not None
+        keeper = LeaseKeeper(ctx, submission_id, attempt)
+        keeper.start()
+        try:
+            package = load_package(ensure_bundle(bundle, ctx.settings.bundle_cache_path))
+
+            def on_progress(done: int, total: int, current: str) -> None:
+                with ctx.session_factory() as progress_session:
+                    progress_session.execute(
+                        _guarded(submission_id, attempt)
+                        .values(progress_done=done, progress_total=total, current_test=current)
+                        .execution_options(synchronize_session=False)
+                    )
+                    progress_session.commit()
+
+            outcome = run_grading(ctx=ctx, package=package, archive_blob=blob.data, on_progress=on_progress)
+        except Exception:
+            log.exception("grading submission %s (attempt %s) failed on our side", submission_id, attempt)
+            return release_after_fault(ctx=ctx, submission=submission, attempt=attempt)
+        finally:
+            keeper.stop()
+        recorded = record(
+            session=session, ctx=ctx, submission=submission, attempt=attempt, outcome=outcome, bundle=bundle
+        )
+        return outcome.report.status if recorded else "skipped"
