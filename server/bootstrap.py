@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from graders.package import load_package
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from graders.package import load_package
 from server.assignments import service as assignments
 from server.assignments.models import Assignment
 from server.auth import security

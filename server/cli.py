@@ -361,6 +361,8 @@ def _print_result(detail: dict[str, Any]) -> None:
     typer.secho(f"Submission {detail['id']}: {status}{score}", fg=color, bold=True)
     if detail.get("status_message"):
         typer.echo(f"  {detail['status_message']}")
+    if detail.get("failure_detail"):
+        typer.echo("  " + detail["failure_detail"].rstrip().replace("\n", "\n  "))
     for test in detail.get("tests", []):
         mark = "PASS" if test["passed"] else "FAIL"
         line = f"  [{mark}] {test['name']} ({test['score']:g}/{test['max_score']:g})"
@@ -375,6 +377,8 @@ def _print_result(detail: dict[str, Any]) -> None:
         )
     for metric, value in (detail.get("metrics") or {}).items():
         typer.echo(f"  {metric}: {value:.4g}")
+    for note in detail.get("notes") or []:
+        typer.echo(f"  note: {note}")
 
 
 @app.command()

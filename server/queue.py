@@ -32,9 +32,15 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue="cpu",
         broker_connection_retry_on_startup=True,
-        # A message that is never acked (worker killed) comes back after this; the lease sweeper usually
-        # re-enqueues the submission long before.
-        broker_transport_options={"visibility_timeout": 3600, "polling_interval": 0.5},
+        broker_transport_options=(
+            # kombu's SQLAlchemy transport hands its options to create_engine: wait for SQLite's lock
+            # instead of failing while the server and a worker write at the same moment.
+            {"connect_args": {"timeout": 30}}
+            if settings.embedded_broker
+            # A message that is never acked (worker killed) comes back after this; the lease sweeper
+            # usually re-sends the submission long before.
+            else {"visibility_timeout": 3600}
+        ),
         worker_hijack_root_logger=False,
     )
     return app

@@ -36,6 +36,9 @@ class SandboxSettings(BaseModel):
     backend: Literal["local", "docker"] = "local"
     uid: int = 65534
     gid: int = 65534
+    # Where each grading gets its fresh job directory. Every parent must be traversable by ``uid``
+    # (not readable); empty means ``<data_dir>/scratch``.
+    scratch_dir: Path | None = None
 
 
 class WorkerSettings(BaseModel):
@@ -109,7 +112,7 @@ class Settings(BaseSettings):
 
     @property
     def scratch_path(self) -> Path:
-        return self.data_path / "scratch"
+        return self.sandbox.scratch_dir.resolve() if self.sandbox.scratch_dir else self.data_path / "scratch"
 
     @property
     def bundle_cache_path(self) -> Path:

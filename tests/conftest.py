@@ -4,6 +4,7 @@ the migrated and bootstrapped app, and accounts with tokens."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,13 +72,20 @@ def redis_url() -> str:
     return f"{REDIS_URL}/{uuid.uuid4().int % 8 + 8}"
 
 
+def sandbox_scratch() -> Path:
+    """A scratch root the sandbox uid can traverse: pytest's own tmp dirs are private to root (mode 700)."""
+    return Path(tempfile.mkdtemp(prefix="ag-scratch-", dir="/tmp"))
+
+
 @pytest.fixture
 def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
     """Point every setting at this test's own directory; keyword arguments become environment variables."""
+    scratch = sandbox_scratch()
 
     def apply(**env: str) -> Settings:
         monkeypatch.setenv("AUTOGRADER_ENV", "test")
         monkeypatch.setenv("AUTOGRADER_DATA_DIR", str(tmp_path / "var"))
+        monkeypatch.setenv("AUTOGRADER_SANDBOX__SCRATCH_DIR", str(scratch))
         monkeypatch.setenv("AUTOGRADER_BROKER__SWEEP_INTERVAL_SECONDS", "0")
         for key, value in env.items():
             monkeypatch.setenv(f"AUTOGRADER_{key.upper()}", value)
@@ -86,6 +94,7 @@ def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calla
 
     yield apply
     clear_caches()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture
@@ -183,7 +192,9 @@ def world(settings: Settings, world_template: tuple[Path, dict[str, Account]]) -
     database, accounts = world_template
     settings.data_path.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(database, settings.data_path / "autograder.db")
-    built = World(settings, TestClient(create_app(settings, run_sweeper=False)), settings.course_slug, **accounts)
+    built = World(
+        settings, TestClient(create_app(settings, run_sweeper=False)), settings.course_slug, **accounts
+    )
     with built.client:
         yield built
 

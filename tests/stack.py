@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +29,13 @@ class Stack:
     """A server and workers sharing one environment (database, broker, data dir)."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.scratch = tempfile.mkdtemp(prefix="ag-scratch-", dir="/tmp")
+        self.env = {
+            **os.environ,
+            "AUTOGRADER_SANDBOX__SCRATCH_DIR": self.scratch,
+            **env,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log_dir = log_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -98,6 +106,10 @@ class Stack:
         )
 
     def stop(self) -> None:
+        self._stop_processes()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _stop_processes(self) -> None:
         for process in [*self.workers, *([self.server] if self.server else [])]:
             if process.poll() is None:
                 try:

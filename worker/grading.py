@@ -27,11 +27,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from graders.harness import GradeReport, grade
-from graders.package import AssignmentPackage, extract_bundle, load_package, runner_argv, runner_files
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from graders.harness import GradeReport, grade
+from graders.package import AssignmentPackage, extract_bundle, load_package, runner_argv, runner_files
 from graders.protocol import Channel
 from server import queue
 from server.assignments.models import GraderBundle
@@ -130,21 +130,19 @@ def ensure_bundle(bundle: GraderBundle, cache_dir: Path) -> Path:
     """The bundle's package directory, extracted once per sha256 and shared by later gradings."""
     target = cache_dir / bundle.sha256
     if target.is_dir():
-        return target / "package"
+        return next(path for path in target.iterdir() if path.is_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.sha256[:12]}-", dir=cache_dir))
     try:
-        package_dir = extract_bundle(bundle.data, staging / "package")
-        if package_dir != staging / "package":
-            raise RuntimeError(f"bundle {bundle.sha256} extracted to an unexpected place: {package_dir}")
+        package_dir = extract_bundle(bundle.data, staging)
         try:
             staging.rename(target)
         except OSError:
-            if not target.is_dir():  # another worker won the race only if the target now exists
+            if not target.is_dir():  # only a concurrent worker that finished first is fine
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target / "package"
+    return target / package_dir.name
 
 
 def environment_info(sandbox: Sandbox) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -286,6 +284,8 @@ def record(
             results=payload["tests"],
             metrics=report.metrics,
             failure_reason=report.failure_reason,
+            failure_detail=report.failure_detail,
+            notes=report.notes,
             log=log_text,
             log_truncated=bool(result and result.log_truncated),
             sandbox=(

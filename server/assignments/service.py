@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graders.package import AssignmentPackage, PackageError, build_bundle, load_package
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from graders.package import AssignmentPackage, PackageError, build_bundle, load_package
 from server.assignments.models import Assignment, GraderBundle
 from server.audit import service as audit
 from server.auth.models import User

@@ -107,6 +107,10 @@ class GradingRun(Base):
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    # The student's own traceback when their module failed to import (frames of their files only).
+    failure_detail: Mapped[str | None] = mapped_column(Text)
+    # Student-facing remarks from the grader, e.g. why a leaderboard metric was not recorded.
+    notes: Mapped[list[str]] = mapped_column(JSON, default=list)
     log: Mapped[str] = mapped_column(Text, default="")
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     sandbox: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -64,6 +64,8 @@ class SubmissionDetailOut(SubmissionOut):
     hidden: HiddenSummary
     metrics: dict[str, float]
     failure_reason: str | None
+    failure_detail: str | None
+    notes: list[str]
     bundle_version: str | None
     staff: dict[str, Any] | None = None
 
@@ -177,12 +179,16 @@ def get_submission(submission_id: int, session: SessionDep, user: CurrentUser) -
         "hidden": {"count": 0, "passed": 0, "score": 0.0, "max_score": 0.0},
         "metrics": {},
         "failure_reason": None,
+        "failure_detail": None,
+        "notes": [],
         "bundle_version": None,
     }
     if run is not None:
         detail.update(service.present_results(run, service.visibility_for(submission, staff=staff)))
         detail["metrics"] = run.metrics
         detail["failure_reason"] = run.failure_reason
+        detail["failure_detail"] = run.failure_detail
+        detail["notes"] = run.notes
         detail["bundle_version"] = run.bundle.version
         if staff:
             detail["staff"] = {

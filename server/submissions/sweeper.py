@@ -82,11 +82,11 @@ def sweep(*, session: Session, requeue_after_seconds: float, max_attempts: int) 
         )
     session.commit()
     for submission_id in [*report.reclaimed, *stale]:
-        submission = session.get(Submission, submission_id)
-        if submission is None:
+        to_send = session.get(Submission, submission_id)
+        if to_send is None:
             continue
-        time_limit = float(submission.assignment.bundle.manifest["time_limit_s"])
-        if enqueue_grading(submission_id, queue=submission.queue, time_limit_s=time_limit):
+        time_limit = float(to_send.assignment.bundle.manifest["time_limit_s"])
+        if enqueue_grading(submission_id, queue=to_send.queue, time_limit_s=time_limit):
             report.resent.append(submission_id)
     if report.reclaimed or report.gave_up or report.resent:
         log.warning(

@@ -52,7 +52,7 @@ def softmax(x, dim=-1):
     global _slept
     if not _slept:
         _slept = True
-        time.sleep(6)
+        time.sleep(3)  # under the 4 s call limit of the quick package
     return torch.softmax(x, dim=dim)
 
 def rms_norm(x, weight, eps=1e-6):
@@ -184,7 +184,7 @@ def test_killing_a_worker_mid_grading_records_exactly_one_result(stack: Stack, t
     while (current := detail())["status"] not in ("graded", "failed", "error"):
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.5)
-    assert current["status"] == "graded", current
+    assert current["status"] == "graded", (current["status_message"], current["tests"])
     assert current["score"] == 10
     assert current["attempt"] == 2
     assert current["staff"]["runs"] == 1

@@ -8,12 +8,13 @@ from unittest import mock
 import pytest
 from sqlalchemy import func, select, update
 
+from graders.harness import GradeReport
 from server.db import get_session_factory, utcnow
 from server.submissions.models import GradingRun, Submission, SubmissionStatus
 from server.submissions.sweeper import sweep
 from tests.api.helpers import submit
 from tests.conftest import World
-from worker.grading import GradingContext, claim, grade_submission
+from worker.grading import GradingContext, Outcome, claim, grade_submission
 from worker.sandbox import SandboxError, get_sandbox
 
 
@@ -112,6 +113,10 @@ def test_a_result_from_a_reclaimed_attempt_is_discarded(
     world: World, submission_id: int, ctx: GradingContext
 ) -> None:
     real_claim = claim
+    report = GradeReport(
+        status="graded", failure_reason=None, tests=[], score=10.0, max_score=10.0, metrics={}
+    )
+    full_marks = Outcome(report=report, sandbox_result=None, seed=1, started_at=utcnow())
 
     def claim_then_lose_it(**kwargs: object) -> int | None:
         attempt = real_claim(**kwargs)  # type: ignore[arg-type]
@@ -123,7 +128,7 @@ def test_a_result_from_a_reclaimed_attempt_is_discarded(
 
     with (
         mock.patch("worker.grading.claim", side_effect=claim_then_lose_it),
-        mock.patch("worker.grading.run_grading", return_value=mock.MagicMock()),
+        mock.patch("worker.grading.run_grading", return_value=full_marks),
     ):
         outcome = grade_submission(submission_id, ctx)
     assert outcome == "skipped"

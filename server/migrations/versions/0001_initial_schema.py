@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 10:39:29.776089
+Create Date: 2026-11-29 10:57:41.690813
 """
 
 from collections.abc import Sequence
@@ -268,6 +268,8 @@ def upgrade() -> None:
         sa.Column("results", sa.JSON(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("failure_reason", sa.Text(), nullable=True),
+        sa.Column("failure_detail", sa.Text(), nullable=True),
+        sa.Column("notes", sa.JSON(), nullable=False),
         sa.Column("log", sa.Text(), nullable=False),
         sa.Column("log_truncated", sa.Boolean(), nullable=False),
         sa.Column("sandbox", sa.JSON(), nullable=False),
