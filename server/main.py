@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.assignments.router import router as assignments_router
@@ -112,6 +112,11 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
         return JSONResponse(
             {"detail": "The request is not valid: " + "; ".join(problems), "code": "invalid"}, status_code=422
         )
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        # The web pages come with the front end; until then the interactive API documentation is the page.
+        return RedirectResponse("/docs")
 
     for router in (health_router, auth_router, assignments_router, submissions_router, leaderboard_router):
         app.include_router(router)
