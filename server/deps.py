@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from server.auth import service as auth_service
 from server.auth.models import User
 from server.auth.security import constant_time_equals
-from server.db import get_session_factory
+from server.db import session_scope
 from server.errors import Forbidden, NotAuthenticated
 from server.settings import Settings, get_settings
 
@@ -22,11 +22,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_db() -> Iterator[Session]:
-    session = get_session_factory()()
-    try:
+    with session_scope() as session:
         yield session
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

@@ -84,26 +84,14 @@ class LogOut(BaseModel):
 
 def submission_out(session: SessionDep, submission: Submission) -> dict[str, Any]:
     return {
-        "id": submission.id,
+        **service.status_snapshot(session=session, submission=submission),
         "course": submission.assignment.course.slug,
         "assignment": submission.assignment.slug,
         "username": submission.user.username,
-        "status": submission.status.value,
-        "status_message": submission.status_message,
-        "queue_position": service.queue_position(session=session, submission=submission),
-        "progress": {
-            "done": submission.progress_done,
-            "total": submission.progress_total,
-            "current_test": submission.current_test,
-        },
-        "score": submission.score,
-        "max_score": submission.max_score,
         "attempt": submission.attempt,
         "files": submission.file_names,
         "archive_sha256": submission.archive_sha256,
         "queued_at": submission.queued_at,
-        "started_at": submission.started_at,
-        "finished_at": submission.finished_at,
     }
 
 
