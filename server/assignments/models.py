@@ -23,7 +23,8 @@ class GraderBundle(Base):
     version: Mapped[str] = mapped_column(String(32))
     # The parsed assignment.toml as published, so the server never unpacks bundles to answer questions.
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # Deferred: answering questions about an assignment never needs the bundle's bytes, only a worker does.
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     size: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
