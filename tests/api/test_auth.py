@@ -76,7 +76,8 @@ def test_logout_ends_the_session_on_the_server(world: World) -> None:
     out = world.client.post("/api/auth/logout", headers={"x-csrf-token": login.json()["csrf_token"]})
     assert out.status_code == 204
     world.client.cookies.clear()
-    replay = world.client.get("/api/auth/me", cookies={"ag_session": stolen_cookie})
+    world.client.cookies.set("ag_session", stolen_cookie)
+    replay = world.client.get("/api/auth/me")
     assert replay.status_code == 401
 
 
