@@ -1,0 +1,1 @@
+"""Tests for reference_impl/, the reference LLM."""
