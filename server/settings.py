@@ -37,8 +37,18 @@ class SandboxSettings(BaseModel):
     uid: int = 65534
     gid: int = 65534
     # Where each grading gets its fresh job directory. Every parent must be traversable by ``uid``
-    # (not readable); empty means ``<data_dir>/scratch``.
+    # (not readable); empty means ``<data_dir>/scratch``. With the docker backend the daemon must see it
+    # at the same path.
     scratch_dir: Path | None = None
+    # The docker backend: the sandbox image (docker/sandbox.Dockerfile), an optional OCI runtime ("runsc"
+    # for gVisor), the daemon (default: DOCKER_HOST or the local socket), CPUs per grading, and the GPU
+    # this worker pins each grading to.
+    image: str = "autograder-sandbox:cpu"
+    runtime: str | None = None
+    docker_host: str | None = None
+    cpus: float = 1.0
+    gpu_vendor: Literal["nvidia", "amd"] | None = None
+    gpu_index: int = 0
 
 
 class WorkerSettings(BaseModel):

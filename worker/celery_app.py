@@ -24,9 +24,19 @@ app = get_celery()
 @lru_cache
 def grading_context() -> GradingContext:
     settings = get_settings()
-    options = {}
-    if settings.sandbox.backend == "local":
-        options = {"uid": settings.sandbox.uid, "gid": settings.sandbox.gid}
+    sandbox = settings.sandbox
+    options: dict[str, object] = {"uid": sandbox.uid, "gid": sandbox.gid}
+    if sandbox.backend == "docker":
+        options = {
+            "image": sandbox.image,
+            "base_url": sandbox.docker_host,
+            "runtime": sandbox.runtime,
+            "gpu_vendor": sandbox.gpu_vendor,
+            "gpu_index": sandbox.gpu_index,
+            "cpus": sandbox.cpus,
+            "user": f"{sandbox.uid}:{sandbox.gid}",
+            "scratch_dir": settings.scratch_path,
+        }
     return GradingContext(
         settings=settings,
         session_factory=get_session_factory(),

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
-SANDBOX_BACKENDS = ("local",)
+SANDBOX_BACKENDS = ("local", "docker")
 
 WORKDIR_INSIDE = "/work"
 # Paths inside the sandbox that every backend mounts itself; extra binds may not land on or under them.
@@ -226,4 +226,8 @@ def get_sandbox(name: str, **options: Any) -> Sandbox:
         from worker.sandbox.local import LocalSandbox
 
         return LocalSandbox(**options)
+    if name == "docker":
+        from worker.sandbox.docker import DockerSandbox
+
+        return DockerSandbox(**options)
     raise SandboxError(f"unknown sandbox backend {name!r}; choose one of: {', '.join(SANDBOX_BACKENDS)}")
