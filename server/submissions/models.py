@@ -111,6 +111,10 @@ class GradingRun(Base):
     failure_detail: Mapped[str | None] = mapped_column(Text)
     # Student-facing remarks from the grader, e.g. why a leaderboard metric was not recorded.
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Staff-only: suspicious timings, runtime cross-check hits. Never shown to the student.
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Where the timings come from ("cpu", "cuda:<name>", "rocm:<name>"): boards never mix classes.
+    hardware_class: Mapped[str] = mapped_column(String(128), default="cpu")
     log: Mapped[str] = mapped_column(Text, default="")
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     sandbox: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

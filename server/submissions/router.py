@@ -185,6 +185,8 @@ def get_submission(submission_id: int, session: SessionDep, user: CurrentUser) -
                 "software": run.software,
                 "sandbox": run.sandbox,
                 "seed": run.seed,
+                "flags": run.flags,
+                "hardware_class": run.hardware_class,
                 "bundle_sha256": run.bundle_sha256,
                 "runs": len(submission.runs),
             }

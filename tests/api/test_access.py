@@ -88,7 +88,7 @@ def test_students_see_visible_tests_in_full_and_hidden_ones_as_counts(
     assert body["hidden"] == {"count": 2, "passed": 1, "score": 5.0, "max_score": 8.0}
     assert body["staff"] is None
     text = str(body)
-    for secret in ("softmax_secret_case", "index (3, 7)", "123456789", "rms_norm_after_due"):
+    for secret in ("softmax_secret_case", "index (3, 7)", "123456789", "rms_norm_after_due", "in-sandbox"):
         assert secret not in text
 
 
@@ -97,6 +97,7 @@ def test_staff_see_every_test_and_the_run_details(world: World, alice_submission
     body = world.client.get(f"/api/submissions/{alice_submission}", headers=world.ta.headers).json()
     assert len(body["tests"]) == 3
     assert body["staff"]["seed"] == "123456789"
+    assert body["staff"]["flags"] == ["timing: trusted 9.0 ms vs in-sandbox 1.0 ms"]
 
 
 def test_after_due_tests_open_to_students_once_the_deadline_passed(
