@@ -17,12 +17,13 @@ import re
 import tarfile
 import tomllib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from graders.harness import GraderError, load_suite
+from graders.static_check import StaticCheckSpec
 
 MANIFEST = "assignment.toml"
 README = "handout/README.md"
@@ -33,6 +34,7 @@ MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 _SLUG = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _TEST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _METRIC = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _VERSION = re.compile(r"\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?")
 _EXCLUDED_DIRS = {"__pycache__"}
 _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
@@ -83,6 +85,10 @@ class AssignmentPackage:
     leaderboard: LeaderboardSpec | None
     due_at: datetime | None = None  # aware, UTC
     startup_timeout_s: float = 60.0  # importing the student's module (torch included)
+    # What the submitted source must and must not use.
+    static_check: StaticCheckSpec = field(default_factory=StaticCheckSpec)
+    # Cap on the tensor elements one result may carry; None: a multiple of the call's own tensors (see harness).
+    max_tensor_elements: int | None = None
 
     @property
     def points(self) -> float:
@@ -108,10 +114,19 @@ _TOP_KEYS = {
     "limits",
     "leaderboard",
     "tests",
+    "static_check",
 }
 _INTERFACE_KEYS = {"module", "functions"}
 _SUBMISSION_KEYS = {"allowed_files", "max_files", "max_upload_bytes", "max_file_bytes"}
-_LIMIT_KEYS = {"time_limit_s", "call_timeout_s", "startup_timeout_s", "memory_mb", "max_processes"}
+_LIMIT_KEYS = {
+    "time_limit_s",
+    "call_timeout_s",
+    "startup_timeout_s",
+    "memory_mb",
+    "max_processes",
+    "max_tensor_elements",
+}
+_STATIC_CHECK_KEYS = {"require_calls", "forbid_calls", "forbid_imports", "require_kernel_launch"}
 _LEADERBOARD_KEYS = {"metric", "direction", "unit", "label"}
 _TEST_KEYS = {"name", "weight", "visibility", "description"}
 
@@ -170,6 +185,9 @@ class _Reader:
             raise self.error(name, f"must be an integer >= {minimum}, got {value!r}")
         return value
 
+    def optional_integer(self, name: str) -> int | None:
+        return self.integer(name) if name in self.table else None
+
     def positive(self, name: str, default: Any = _REQUIRED) -> float:
         value = self._get(name, default)
         if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
@@ -189,6 +207,18 @@ class _Reader:
         for item in value:
             if pattern is not None and not pattern.fullmatch(item):
                 raise self.error(name, f"entry {item!r} must match {pattern.pattern}")
+        return tuple(value)
+
+    def name_list(self, name: str) -> tuple[str, ...]:
+        """An optional list of dotted Python names (may be empty)."""
+        value = self._get(name, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.error(name, f"must be a list of dotted names like torch.softmax, got {value!r}")
+        for item in value:
+            if not _DOTTED.fullmatch(item):
+                raise self.error(name, f"entry {item!r} must be a dotted name like torch.softmax")
+        if len(set(value)) != len(value):
+            raise self.error(name, "lists an entry twice")
         return tuple(value)
 
     def table_of(self, name: str, allowed: set[str], *, required: bool = True) -> _Reader | None:
@@ -259,6 +289,28 @@ def _parse_tests(source: Path, raw: Any) -> tuple[TestSpec, ...]:
     return tuple(specs)
 
 
+def _parse_static_check(reader: _Reader | None, functions: tuple[str, ...]) -> StaticCheckSpec:
+    if reader is None:
+        return StaticCheckSpec()
+    launch = reader.table.get("require_kernel_launch", False)
+    if launch is True:
+        require_launch = functions
+    elif launch is False:
+        require_launch = ()
+    elif isinstance(launch, list) and launch and all(item in functions for item in launch):
+        require_launch = tuple(dict.fromkeys(launch))
+    else:
+        raise reader.error(
+            "require_kernel_launch", f"must be true, false or a list of interface.functions, got {launch!r}"
+        )
+    return StaticCheckSpec(
+        require_calls=reader.name_list("require_calls"),
+        forbid_calls=reader.name_list("forbid_calls"),
+        forbid_imports=reader.name_list("forbid_imports"),
+        require_kernel_launch=require_launch,
+    )
+
+
 def load_package(path: Path) -> AssignmentPackage:
     """Parse and validate the package at ``path``; PackageError with a message naming the file and key."""
     path = Path(path)
@@ -275,6 +327,7 @@ def load_package(path: Path) -> AssignmentPackage:
     submission = top.table_of("submission", _SUBMISSION_KEYS)
     limits = top.table_of("limits", _LIMIT_KEYS)
     board = top.table_of("leaderboard", _LEADERBOARD_KEYS, required=False)
+    static_check = top.table_of("static_check", _STATIC_CHECK_KEYS, required=False)
     assert interface is not None and submission is not None and limits is not None
 
     module = _identifier(interface, "module", interface.string("module"))
@@ -316,6 +369,8 @@ def load_package(path: Path) -> AssignmentPackage:
         leaderboard=leaderboard,
         due_at=_parse_due_at(top),
         startup_timeout_s=limits.positive("startup_timeout_s", 60.0),
+        static_check=_parse_static_check(static_check, functions),
+        max_tensor_elements=limits.optional_integer("max_tensor_elements"),
     )
     _check_consistency(package, top, limits, submission)
     return package
@@ -496,5 +551,14 @@ def runner_files() -> list[Path]:
 
 
 def runner_argv(package: AssignmentPackage) -> list[str]:
-    """The command that starts the runner stub inside the sandbox (the student's files are the cwd, /work)."""
-    return ["python", "-I", "-B", "/runner/runner.py", "--module", package.module]
+    """The command that starts the runner stub inside the sandbox (the student's files are the cwd, /work).
+
+    It asks the runner to count Triton kernel launches when the assignment requires them, and to record calls
+    of the functions its static check forbids (run-time cross-checks of the static check).
+    """
+    argv = ["python", "-I", "-B", "/runner/runner.py", "--module", package.module]
+    if package.static_check.require_kernel_launch:
+        argv.append("--watch-triton")
+    for name in package.static_check.forbid_calls:
+        argv += ["--forbid", name]
+    return argv

@@ -14,7 +14,9 @@ Frame layout (all integers big-endian)::
     18+H    B     tensors: a safetensors blob (safetensors.torch.save); B == 0 when there are no tensors
 
 Both lengths are checked against the channel's limits before anything is read or allocated. Nothing from the
-other side is ever unpickled: the header is parsed by ``json`` and the blob by ``safetensors``.
+other side is ever unpickled: the header is parsed by ``json`` and the blob by ``safetensors``. A receiver may
+pass :class:`MessageLimits` to :meth:`Channel.recv`; then the header size, the number of tensors and their total
+element count are checked too, the last two from the blob's own index before ``safetensors`` allocates anything.
 
 Header values refer to tensors as ``{"$tensor": "<name>"}`` (plus ``"device": "cuda:0"`` for tensors that are
 not on the CPU). :func:`pack_value` turns a nested Python value (None, bool, int, float, str, list, tuple, dict
@@ -24,6 +26,7 @@ with str keys, torch.Tensor) into such a JSON value and a tensor dict; :func:`un
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -68,6 +71,25 @@ SENDABLE_DTYPES = frozenset(
     )
     if dtype is not None
 )
+DTYPES_BY_NAME = {str(dtype).removeprefix("torch."): dtype for dtype in SENDABLE_DTYPES}
+# Bytes per element of each safetensors dtype code: what a blob's own header may declare.
+_SAFETENSORS_ITEM_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+# The part of a safetensors header one tensor may take (its name, dtype, shape, offsets), and the fixed rest.
+_SAFETENSORS_BYTES_PER_TENSOR = 512
+_SAFETENSORS_FIXED_BYTES = 1024
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
 _IO_CHUNK = 1 << 20
 PIPE_BUFFER_BYTES = 1 << 20
@@ -75,6 +97,43 @@ PIPE_BUFFER_BYTES = 1 << 20
 
 class ProtocolError(Exception):
     """The other side sent something malformed, oversized or unexpected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageLimits:
+    """Caps on one message beyond the channel's byte limit: its JSON header, tensor count and total elements."""
+
+    max_header_bytes: int
+    max_tensors: int
+    max_tensor_elements: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_tensors", "max_tensor_elements"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"MessageLimits.{name} must be an integer >= 0, got {value!r}")
+
+    @property
+    def max_blob_bytes(self) -> int:
+        """The largest safetensors blob that can hold at most these tensors and elements."""
+        if self.max_tensors == 0:
+            return 0
+        header = self.max_tensors * _SAFETENSORS_BYTES_PER_TENSOR + _SAFETENSORS_FIXED_BYTES
+        return 8 + header + 8 * self.max_tensor_elements
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, value: Any) -> MessageLimits:
+        """Parse :meth:`to_json` output; ProtocolError if it is anything else."""
+        fields = {"max_header_bytes", "max_tensors", "max_tensor_elements"}
+        if type(value) is not dict or set(value) != fields:
+            raise ProtocolError("malformed message limits")
+        try:
+            return cls(**value)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
 
 
 def _type_name(obj: object) -> str:
@@ -140,29 +199,82 @@ def encode_message(header: dict, tensors: Mapping[str, torch.Tensor]) -> bytes:
     return b"".join(_encode_parts(header, tensors))
 
 
-def _check_lengths(header_len: int, blob_len: int, max_message_bytes: int) -> None:
+def _check_lengths(
+    header_len: int, blob_len: int, max_message_bytes: int, limits: MessageLimits | None = None
+) -> None:
     if header_len < 2:
         raise ProtocolError(f"message header of {header_len} bytes is too short to be a JSON object")
     header_cap = min(MAX_HEADER_BYTES, max_message_bytes)
+    if limits is not None:
+        header_cap = min(header_cap, limits.max_header_bytes)
     if header_len > header_cap:
         raise ProtocolError(f"message header of {header_len} bytes exceeds the limit of {header_cap} bytes")
     if header_len + blob_len > max_message_bytes:
         raise ProtocolError(
             f"message of {header_len + blob_len} bytes exceeds the limit of {max_message_bytes} bytes"
         )
+    if limits is not None and blob_len > limits.max_blob_bytes:
+        raise ProtocolError(
+            f"tensor data of {blob_len} bytes exceeds the limit of {limits.max_blob_bytes} bytes "
+            f"({limits.max_tensors} tensors, {limits.max_tensor_elements} elements)"
+        )
 
 
-def _parse_prefix(prefix: bytes, max_message_bytes: int) -> tuple[int, int]:
+def _parse_prefix(
+    prefix: bytes, max_message_bytes: int, limits: MessageLimits | None = None
+) -> tuple[int, int]:
     magic, version, header_len, blob_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise ProtocolError("the data does not start with the protocol's magic bytes")
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version} (expected {VERSION})")
-    _check_lengths(header_len, blob_len, max_message_bytes)
+    _check_lengths(header_len, blob_len, max_message_bytes, limits)
     return header_len, blob_len
 
 
-def _decode_body(header_bytes: bytes, blob: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _check_blob_header(blob: bytes, limits: MessageLimits) -> None:
+    """Count the tensors and elements a safetensors blob declares, before safetensors allocates any of them."""
+    if len(blob) < 8:
+        raise ProtocolError("the tensor data is too short to be a safetensors blob")
+    declared = int.from_bytes(blob[:8], "little")
+    cap = limits.max_tensors * _SAFETENSORS_BYTES_PER_TENSOR + _SAFETENSORS_FIXED_BYTES
+    if declared > min(cap, len(blob) - 8):
+        raise ProtocolError(f"the tensor data declares a {declared}-byte index, more than it may hold")
+    try:
+        index = json.loads(blob[8 : 8 + declared].decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("the tensor data's index is not valid JSON") from None
+    if type(index) is not dict:
+        raise ProtocolError("the tensor data's index is not a JSON object")
+    entries = [value for key, value in index.items() if key != "__metadata__"]
+    if len(entries) > limits.max_tensors:
+        raise ProtocolError(
+            f"the message holds {len(entries)} tensors, more than the {limits.max_tensors} allowed"
+        )
+    elements = 0
+    for entry in entries:
+        shape = entry.get("shape") if type(entry) is dict else None
+        if (
+            type(shape) is not list
+            or len(shape) > MAX_DEPTH
+            or not all(type(size) is int and size >= 0 for size in shape)
+            or entry.get("dtype") not in _SAFETENSORS_ITEM_BYTES
+        ):
+            raise ProtocolError("the tensor data's index describes a tensor it cannot hold")
+        elements += math.prod(shape)
+        if elements > limits.max_tensor_elements:
+            raise ProtocolError(
+                f"the message holds more than the {limits.max_tensor_elements} tensor elements allowed"
+            )
+
+
+def _decode_body(
+    header_bytes: bytes, blob: bytes, limits: MessageLimits | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         header = json.loads(header_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -171,6 +283,8 @@ def _decode_body(header_bytes: bytes, blob: bytes) -> tuple[dict, dict[str, torc
         raise ProtocolError(f"the message header must be a JSON object, got {type(header).__name__}")
     if not blob:
         return header, {}
+    if limits is not None:
+        _check_blob_header(blob, limits)
     try:
         tensors = safetensors.torch.load(blob)
     except Exception as exc:
@@ -181,16 +295,18 @@ def _decode_body(header_bytes: bytes, blob: bytes) -> tuple[dict, dict[str, torc
     return header, tensors
 
 
-def decode_message(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[dict, dict]:
+def decode_message(
+    data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES, limits: MessageLimits | None = None
+) -> tuple[dict, dict]:
     """Parse one complete frame produced by :func:`encode_message`."""
     if len(data) < PREFIX.size:
         raise ProtocolError("the message is shorter than the frame prefix")
-    header_len, blob_len = _parse_prefix(bytes(data[: PREFIX.size]), max_message_bytes)
+    header_len, blob_len = _parse_prefix(bytes(data[: PREFIX.size]), max_message_bytes, limits)
     end = PREFIX.size + header_len + blob_len
     if len(data) != end:
         raise ProtocolError(f"the frame declares {end} bytes but {len(data)} were given")
     header_bytes = bytes(data[PREFIX.size : PREFIX.size + header_len])
-    return _decode_body(header_bytes, bytes(data[PREFIX.size + header_len :]))
+    return _decode_body(header_bytes, bytes(data[PREFIX.size + header_len :]), limits)
 
 
 def pack_value(obj: Any, *, name: str = "the value") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -387,20 +503,23 @@ class Channel:
                 os.set_blocking(fd, was_blocking)
 
     # -- receiving -----------------------------------------------------------------------------------------
-    def recv(self, timeout: float | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    def recv(
+        self, timeout: float | None = None, *, limits: MessageLimits | None = None
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
         """Receive one frame as ``(header, tensors)``.
 
         Raises TimeoutError when nothing complete arrives in time, EOFError when the peer closed the channel
-        (also in the middle of a frame), ProtocolError when the frame is malformed or over the limits.
+        (also in the middle of a frame), ProtocolError when the frame is malformed or over the limits (the
+        channel's byte limit, and ``limits`` when given).
         """
         self._check_usable()
         deadline = self._deadline(timeout)
         try:
             prefix = self._read_exact(PREFIX.size, deadline, at_boundary=True)
-            header_len, blob_len = _parse_prefix(bytes(prefix), self.max_message_bytes)
+            header_len, blob_len = _parse_prefix(bytes(prefix), self.max_message_bytes, limits)
             header_bytes = bytes(self._read_exact(header_len, deadline, at_boundary=False))
             blob = bytes(self._read_exact(blob_len, deadline, at_boundary=False)) if blob_len else b""
-            return _decode_body(header_bytes, blob)
+            return _decode_body(header_bytes, blob, limits)
         except ProtocolError as exc:
             self._broken = (ProtocolError, f"an earlier message was malformed ({exc})")
             raise

@@ -6,6 +6,7 @@ Start it with ``autograder worker`` (which calls :func:`run_worker`).
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -57,6 +58,8 @@ def grade_submission_task(submission_id: int) -> str:
 
 
 def run_worker(*, queues: str, concurrency: int, loglevel: str = "INFO") -> None:
+    # Idle OpenMP threads in the grader would otherwise spin and steal the CPU that timed student code needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = get_settings()
     context = grading_context()
     context.sandbox.check()

@@ -32,7 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from graders.harness import GradeReport, grade
 from graders.package import AssignmentPackage, extract_bundle, load_package, runner_argv, runner_files
-from graders.protocol import Channel
+from graders.protocol import Channel, ProtocolError
+from graders.static_check import check_package_sources, static_check_report
 from server import queue
 from server.assignments.models import GraderBundle
 from server.db import utcnow
@@ -45,6 +46,9 @@ from worker.sandbox import Limits, Sandbox, SandboxResult, SandboxSpec
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+# After a failed run (time out, protocol violation, exit), how long the sandbox may take to exit by itself
+# before it is killed: enough to collect an exit status or an out-of-memory kill, not to wait on stuck code.
+FAILED_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -208,6 +212,14 @@ def run_grading(
         workdir.mkdir()
         runner_dir.mkdir()
         archive.unpack(archive_blob, workdir)
+        # The seed decides every hidden input; it stays on this side of the trust boundary.
+        seed = secrets.randbits(63)
+        # The assignment's static rules (e.g. "write the kernel, do not call SDPA") are checked before any
+        # student code runs; a violation fails the submission with the rules it broke.
+        violations = check_package_sources(package, workdir)
+        if violations:
+            report = static_check_report(package, violations)
+            return Outcome(report=report, sandbox_result=None, seed=seed, started_at=started_at)
         for source in runner_files():
             shutil.copyfile(source, runner_dir / source.name)
             os.chmod(runner_dir / source.name, 0o644)
@@ -220,16 +232,17 @@ def run_grading(
             limits=sandbox_limits(package, ctx.settings),
             gpu=package.queue == "gpu",
         )
-        # The seed decides every hidden input; it stays on this side of the trust boundary.
-        seed = secrets.randbits(63)
         with ctx.sandbox.run(spec) as session:
             channel = Channel(session.stdout, session.stdin, default_timeout=package.call_timeout_s)
             report = grade(package, channel, seed=seed, on_progress=on_progress)
-            # If the sandbox is already gone the send fails; its exit status below says why.
-            with contextlib.suppress(OSError, ValueError):
+            # If the sandbox is gone, stuck, or broke the protocol, the send fails (the channel may refuse any
+            # further use): its exit status below says why. None of that is an infrastructure fault.
+            with contextlib.suppress(OSError, ValueError, EOFError, ProtocolError):
                 channel.send({"op": "shutdown"})
+            # A run that failed has nothing more to say: do not give stuck code the whole grace period.
+            grace = SHUTDOWN_GRACE_SECONDS if report.status == "graded" else FAILED_GRACE_SECONDS
             try:
-                result = session.wait(timeout=SHUTDOWN_GRACE_SECONDS)
+                result = session.wait(timeout=grace)
             except TimeoutError:
                 session.kill()
                 result = session.wait()
@@ -273,7 +286,7 @@ def record(
         session.rollback()
         log.warning("submission %s attempt %s lost its claim; result discarded", submission.id, attempt)
         return False
-    payload = report.to_json()
+    payload = report.student_json()
     session.add(
         GradingRun(
             submission_id=submission.id,
@@ -286,6 +299,8 @@ def record(
             failure_reason=report.failure_reason,
             failure_detail=report.failure_detail,
             notes=report.notes,
+            flags=report.flags,
+            hardware_class=report.hardware_class,
             log=log_text,
             log_truncated=bool(result and result.log_truncated),
             sandbox=(

@@ -71,7 +71,7 @@ def entries(*, session: Session, assignment: Assignment) -> list[Entry]:
                 max_score=run.max_score,
                 metric=metric,
                 submitted_at=submission.queued_at,
-                hardware=str(run.hardware.get("label", "cpu")),
+                hardware=run.hardware_class,
             )
         )
     return result

@@ -53,7 +53,8 @@ def softmax(x, dim=-1):
     if not _slept:
         _slept = True
         time.sleep(3)  # under the 4 s call limit of the quick package
-    return torch.softmax(x, dim=dim)
+    e = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
 
 def rms_norm(x, weight, eps=1e-6):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight

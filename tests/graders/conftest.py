@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from graders.harness import GradeReport, grade
-from graders.package import AssignmentPackage, load_package, runner_files
+from graders.package import AssignmentPackage, load_package, runner_argv, runner_files
 from graders.protocol import Channel
 from tests.graders.students import WARMUP
 
@@ -42,8 +42,20 @@ def warmup_package() -> AssignmentPackage:
     return load_package(WARMUP)
 
 
+def runner_options(package: AssignmentPackage) -> list[str]:
+    """What runner_argv adds after ``--module NAME`` (call monitors) for this package."""
+    argv = runner_argv(package)
+    return argv[argv.index("--module") + 2 :]
+
+
 @contextmanager
-def start_runner(runner_dir: Path, workdir: Path, module: str) -> Iterator[Runner]:
+def start_runner(
+    runner_dir: Path,
+    workdir: Path,
+    module: str,
+    options: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Runner]:
     """Start runner.py on ``workdir`` like the sandbox does; kill it on the way out whatever happened."""
     stderr_path = workdir.parent / f"{workdir.name}.stderr"
     with open(stderr_path, "wb") as stderr:
@@ -57,11 +69,13 @@ def start_runner(runner_dir: Path, workdir: Path, module: str) -> Iterator[Runne
                 module,
                 "--workdir",
                 str(workdir),
+                *(options or []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
             cwd=workdir,
+            env=env,
         )
     assert process.stdin is not None and process.stdout is not None
     runner = Runner(process, Channel(process.stdout, process.stdin, default_timeout=60), stderr_path)
@@ -100,7 +114,7 @@ def grade_source(runner_dir: Path, warmup_package: AssignmentPackage, tmp_path: 
         workdir = tmp_path / f"work{len(list(tmp_path.iterdir()))}"
         workdir.mkdir()
         (workdir / f"{package.module}.py").write_text(source)
-        with start_runner(runner_dir, workdir, package.module) as runner:
+        with start_runner(runner_dir, workdir, package.module, runner_options(package)) as runner:
             report = grade(package, runner.channel, seed=seed, benchmarks=benchmarks)
             runner.process.stdin.close()  # a runner waiting for the next request sees EOF and exits
             try:

@@ -92,7 +92,8 @@ class Sneaky(torch.Tensor):
     pass
 
 def softmax(x, dim=-1):
-    return torch.softmax(x.float(), dim=dim).to(x.dtype).as_subclass(Sneaky)
+    exps = (x.float() - x.float().amax(dim=dim, keepdim=True)).exp()
+    return (exps / exps.sum(dim=dim, keepdim=True)).to(x.dtype).as_subclass(Sneaky)
 
 def rms_norm(x, weight, eps=1e-6):
     out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
@@ -110,7 +111,7 @@ def softmax(x, dim=-1):
             os.write(fd, b"GARBAGE" * 100)
         except OSError:
             pass
-    return torch.softmax(x, dim=dim)
+    return x
 """
 )
 
@@ -147,4 +148,37 @@ def softmax(x, dim=-1):
     exps = (values - values.amax(dim=dim, keepdim=True)).exp()
     return (exps / exps.sum(dim=dim, keepdim=True)).to(x.dtype)
 """
+)
+
+# Gets past a naive static check (the name is built at run time); the runner's call monitor still sees the call.
+EVADES_STATIC_CHECK = (
+    "import torch\n"
+    + _CORRECT_RMS_NORM
+    + """
+_NAME = "soft" + "".join(["m", "a", "x"])
+
+def softmax(x, dim=-1):
+    return getattr(torch, _NAME)(x.float(), dim).to(x.dtype)
+"""
+)
+
+# SOFTMAX_MUTATES_INPUT, plus a hook on the runner's own channel that blanks its mutation report: student code
+# shares the runner's process. The grader compares the inputs sent back with its own copies instead.
+HIDES_ITS_MUTATION = (
+    """import gc
+
+def _hide_mutations():
+    channel = next(obj for obj in gc.get_objects() if type(obj).__name__ == "Channel")
+    send = channel.send
+
+    def hiding_send(header, tensors=None, **options):
+        if isinstance(header, dict) and header.get("op") == "result":
+            header = {**header, "mutated": []}
+        return send(header, tensors, **options)
+
+    channel.send = hiding_send
+
+_hide_mutations()
+"""
+    + SOFTMAX_MUTATES_INPUT
 )

@@ -41,7 +41,7 @@ def test_warmup_package_loads(warmup_package):
     assert (package.slug, package.title, package.version) == (
         "warmup",
         "Warm-up: softmax and RMSNorm",
-        "1.0.0",
+        "1.1.0",
     )
     assert package.queue == "cpu" and package.module == "warmup"
     assert package.functions == ("softmax", "rms_norm")
@@ -70,7 +70,9 @@ def test_warmup_package_loads(warmup_package):
 def test_runner_files_and_argv(warmup_package):
     assert [path.name for path in runner_files()] == ["protocol.py", "runner.py"]
     assert all(path.is_file() for path in runner_files())
-    assert runner_argv(warmup_package) == ["python", "-I", "-B", "/runner/runner.py", "--module", "warmup"]
+    argv = runner_argv(warmup_package)
+    assert argv[:6] == ["python", "-I", "-B", "/runner/runner.py", "--module", "warmup"]
+    assert argv[6:8] == ["--forbid", "torch.softmax"] and "--watch-triton" not in argv
 
 
 @pytest.mark.parametrize(
@@ -98,7 +100,7 @@ def test_runner_files_and_argv(warmup_package):
             "visibility must be one of visible, hidden, after_due",
         ),
         ('queue = "cpu"', 'queue = "tpu"', "queue must be one of cpu, gpu"),
-        ('version = "1.0.0"', 'version = "one"', "version must match"),
+        ('version = "1.1.0"', 'version = "one"', "version must match"),
         ('module = "warmup"', 'module = "warm-up"', "interface.module must be a Python identifier"),
         ("call_timeout_s = 20", "call_timeout_s = 500", "call_timeout_s must not exceed limits.time_limit_s"),
         ("memory_mb = 2048", "memory_mb = 2048.5", "limits.memory_mb must be an integer"),
@@ -118,6 +120,27 @@ def test_runner_files_and_argv(warmup_package):
         ('queue = "cpu"', 'queue = "cpu"\ndue_at = 2025-10-01T23:59:00', "due_at must include a UTC offset"),
         ('queue = "cpu"', 'queue = "cpu"\ndue_at = 2025-10-01', "due_at must be a date-time"),
         ("[limits]", "[limits\n", "not valid TOML"),
+        (
+            '  "torch.softmax",\n',
+            '  "torch softmax",\n',
+            "static_check.forbid_calls entry 'torch softmax' must be",
+        ),
+        ('  "torch.softmax",\n', '  "torch.rms_norm",\n', "static_check.forbid_calls lists an entry twice"),
+        (
+            "[static_check]\n",
+            '[static_check]\nrequire_kernel_launch = ["attention"]\n',
+            "static_check.require_kernel_launch must be true, false or a list of interface.functions",
+        ),
+        (
+            "[static_check]\n",
+            "[static_check]\nforbid_everything = true\n",
+            "static_check.forbid_everything is not a",
+        ),
+        (
+            "max_processes = 64\n",
+            "max_processes = 64\nmax_tensor_elements = 0\n",
+            "limits.max_tensor_elements must be an integer >= 1",
+        ),
     ],
     ids=[
         "missing-key",
@@ -142,6 +165,11 @@ def test_runner_files_and_argv(warmup_package):
         "naive-due-at",
         "date-only-due-at",
         "toml-syntax",
+        "forbid-not-dotted",
+        "forbid-twice",
+        "launch-not-interface",
+        "static-check-unknown-key",
+        "max-tensor-elements",
     ],
 )
 def test_invalid_manifest_is_refused_with_the_problem_named(package_copy, old, new, complaint):
@@ -164,6 +192,31 @@ def test_tests_py_that_fails_to_import_is_refused(package_copy):
     (package_copy / "tests.py").write_text("import does_not_exist\n")
     with pytest.raises(PackageError, match=re.escape("tests.py: importing it failed: ModuleNotFoundError")):
         load_package(package_copy)
+
+
+def test_static_check_and_tensor_cap_are_read(package_copy):
+    edit_manifest(
+        package_copy,
+        "[static_check]\n",
+        '[static_check]\nrequire_kernel_launch = true\nrequire_calls = ["triton.jit"]\n',
+    )
+    edit_manifest(package_copy, "max_processes = 64\n", "max_processes = 64\nmax_tensor_elements = 5000\n")
+    package = load_package(package_copy)
+    assert package.static_check.require_kernel_launch == ("softmax", "rms_norm")
+    assert package.static_check.require_calls == ("triton.jit",)
+    assert "torch.Tensor.softmax" in package.static_check.forbid_calls
+    assert package.max_tensor_elements == 5000
+    argv = runner_argv(package)
+    assert "--watch-triton" in argv and argv.count("--forbid") == len(package.static_check.forbid_calls)
+
+
+def test_a_package_without_static_check_runs_no_monitors(package_copy):
+    manifest = package_copy / "assignment.toml"
+    text = manifest.read_text()
+    manifest.write_text(text[: text.index("# Students write")] + text[text.index("[[tests]]") :])
+    package = load_package(package_copy)
+    assert not package.static_check.active and package.max_tensor_elements is None
+    assert runner_argv(package) == ["python", "-I", "-B", "/runner/runner.py", "--module", "warmup"]
 
 
 def test_due_at_with_an_offset_is_stored_in_utc(package_copy):

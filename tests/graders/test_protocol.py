@@ -17,6 +17,7 @@ from graders.protocol import (
     PREFIX,
     VERSION,
     Channel,
+    MessageLimits,
     ProtocolError,
     decode_message,
     encode_message,
@@ -279,6 +280,65 @@ def test_torch_save_archives_are_not_accepted_as_tensors(pipe_channel):
 def test_unpack_value_rejects_malformed_references(value, complaint):
     with pytest.raises(ProtocolError, match=complaint):
         unpack_value(value, {"x": torch.ones(1)})
+
+
+LIMITS = MessageLimits(max_header_bytes=1024, max_tensors=2, max_tensor_elements=100)
+
+
+def test_a_message_within_the_limits_is_received(pipe_channel):
+    channel, writer = pipe_channel
+    tensors = {"a": torch.ones(50), "b": torch.zeros(5, 10, dtype=torch.float64)}
+    writer.write(encode_message({"op": "x"}, tensors))
+    header, received = channel.recv(timeout=5, limits=LIMITS)
+    assert header == {"op": "x"} and torch.equal(received["b"], tensors["b"])
+
+
+@pytest.mark.parametrize(
+    ("header", "tensors", "complaint"),
+    [
+        ({"op": "x", "pad": "y" * 2000}, {}, "exceeds the limit of 1024 bytes"),
+        ({}, {name: torch.ones(1) for name in "abc"}, "holds 3 tensors, more than the 2 allowed"),
+        ({}, {"a": torch.ones(60), "b": torch.ones(60)}, "more than the 100 tensor elements allowed"),
+        ({}, {"a": torch.ones(100_000)}, "tensor data of 400"),
+    ],
+    ids=["header", "tensor-count", "elements", "blob-bytes"],
+)
+def test_limits_are_checked_before_any_tensor_is_loaded(
+    pipe_channel, monkeypatch, header, tensors, complaint
+):
+    channel, writer = pipe_channel
+    data = encode_message(header, tensors)
+    threading.Thread(target=writer.write, args=(data,), daemon=True).start()
+
+    def must_not_load(blob):
+        raise AssertionError("safetensors.torch.load was called on an oversized message")
+
+    monkeypatch.setattr("graders.protocol.safetensors.torch.load", must_not_load)
+    with pytest.raises(ProtocolError, match=complaint):
+        channel.recv(timeout=5, limits=LIMITS)
+
+
+def test_a_message_limited_to_no_tensors_refuses_any(pipe_channel):
+    channel, writer = pipe_channel
+    writer.write(encode_message({"op": "ready"}, {"x": torch.ones(1)}))
+    with pytest.raises(ProtocolError, match="exceeds the limit of 0 bytes"):
+        channel.recv(timeout=5, limits=MessageLimits(1024, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        [],
+        {"max_header_bytes": 1, "max_tensors": 1},
+        {"max_header_bytes": 1, "max_tensors": 1, "max_tensor_elements": -1},
+    ],
+    ids=["none", "list", "missing-field", "negative"],
+)
+def test_message_limits_from_json_refuse_malformed_values(value):
+    with pytest.raises(ProtocolError, match=r"malformed message limits|must be an integer"):
+        MessageLimits.from_json(value)
+    assert MessageLimits.from_json(LIMITS.to_json()) == LIMITS
 
 
 def test_non_blocking_reader_without_timeout_waits_for_data():

@@ -28,9 +28,18 @@ def test_solution_scores_full_marks_with_metrics(grade_source):
     assert (report.status, report.failure_reason) == ("graded", None)
     assert [test.message for test in report.tests] == ["passed"] * len(ALL_TESTS)
     assert report.score == report.max_score == 10
-    assert report.metrics["softmax_ms"] > 0
-    assert report.metrics["softmax_ms_reps"] >= 1
-    assert "softmax_ms_iqr" in report.metrics and "softmax_ms_sandbox" in report.metrics
+    metrics = report.metrics
+    assert (
+        metrics["softmax_ms"] > 0
+        and metrics["softmax_ms_speedup"] > 0
+        and metrics["softmax_ms_reference"] > 0
+    )
+    assert metrics["softmax_ms_reps"] >= 2 and metrics["softmax_ms_warmup_calls"] >= 2
+    for shape in ("256x1024", "2048x128"):
+        assert metrics[f"softmax_ms.{shape}"] > 0 and metrics[f"softmax_ms.{shape}_reps"] >= 1
+        for figure in ("iqr", "sandbox", "reference", "overhead"):
+            assert f"softmax_ms.{shape}_{figure}" in metrics
+    assert report.hardware_class == "cpu"
     assert graded.returncode == 0
 
 
@@ -52,8 +61,9 @@ def test_untouched_handout_scores_zero_with_clear_messages(grade_source):
         (students.SOFTMAX_IGNORES_DIM, {"softmax_other_dim"}),
         (students.RMS_NORM_EPS_OUTSIDE_SQRT, {"rms_norm_eps"}),
         (students.SOFTMAX_MUTATES_INPUT, {"inputs_not_mutated"}),
+        (students.HIDES_ITS_MUTATION, {"inputs_not_mutated"}),
     ],
-    ids=["softmax-without-max", "softmax-ignores-dim", "eps-outside-sqrt", "mutates-input"],
+    ids=["softmax-without-max", "softmax-ignores-dim", "eps-outside-sqrt", "mutates-input", "hides-mutation"],
 )
 def test_planted_bug_loses_exactly_its_tests(grade_source, source, lost):
     graded = grade_source(source)
@@ -207,3 +217,14 @@ def test_wrong_output_while_timed_records_no_metric(grade_source):
     assert report.status == "graded" and report.score == 10
     assert report.metrics == {}
     assert any(note.startswith("softmax_ms was not recorded: during timing,") for note in report.notes)
+
+
+def test_a_forbidden_call_that_evades_the_static_check_fails_at_run_time(grade_source):
+    graded = grade_source(students.EVADES_STATIC_CHECK)
+    report = graded.report
+    assert report.status == "graded"
+    assert graded.failed_tests() == {*SOFTMAX_TESTS, "inputs_not_mutated"}
+    assert graded.outcome("softmax_basic").message == (
+        "softmax called torch.softmax, which this assignment does not allow"
+    )
+    assert "runtime check: softmax called torch.softmax during test softmax_basic" in report.flags

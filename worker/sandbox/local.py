@@ -483,6 +483,15 @@ _DENIED_SYSCALLS_X86_64 = {
     name: int(number)
     for name, number in (entry.split("=") for entry in _DENIED_SYSCALLS_X86_64_TABLE.split())
 }
+# socket() and socketpair() may create only these address families; any other fails with EAFNOSUPPORT, as on a
+# kernel built without it. The network namespace already isolates AF_INET/AF_INET6 (a loopback of its own, which
+# gloo and friends use for multi-process assignments) and AF_UNIX's abstract names, but not everything: AF_VSOCK
+# reaches the hypervisor's host from inside any namespace, and families like AF_ALG, AF_KEY, AF_XDP, AF_RDS,
+# AF_TIPC or AF_BLUETOOTH are kernel attack surface graded code never needs. Netlink is limited to
+# NETLINK_ROUTE (getifaddrs and getaddrinfo use it); audit, uevent, generic netlink and the rest are refused.
+_AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK = 1, 2, 10, 16
+_NETLINK_ROUTE = 0
+_SOCKET_SYSCALLS_X86_64 = {"socket": 41, "socketpair": 53}
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_SYSCALL_BIT = 0x40000000
 _BPF_LD_W_ABS = 0x20
@@ -492,32 +501,57 @@ _BPF_RET_K = 0x06
 _SECCOMP_RET_ALLOW = 0x7FFF0000
 _SECCOMP_RET_ERRNO = 0x00050000
 _SECCOMP_RET_KILL_PROCESS = 0x80000000
+# Offsets in struct seccomp_data: nr, arch, instruction_pointer, then args[6] as 64-bit values. The socket
+# arguments are ints: the kernel reads the low 32 bits, which come first on little-endian x86_64.
+_OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARGS = 0, 4, 16
 
 
 def seccomp_program() -> bytes | None:
     """A classic-BPF seccomp filter (the format `bwrap --seccomp` reads), or None off x86_64."""
     if platform.machine() != "x86_64":
         return None
-    numbers = sorted(_DENIED_SYSCALLS_X86_64.values())
+    # (code, k, jump-if-true label, jump-if-false label, own label); labels resolve to forward offsets below.
+    program: list[tuple[int, int, str | None, str | None, str | None]] = []
 
-    def instruction(code: int, k: int, jump_true: int = 0, jump_false: int = 0) -> bytes:
-        return struct.pack("=HBBI", code, jump_true, jump_false, k)
+    def emit(
+        code: int, k: int, true: str | None = None, false: str | None = None, label: str | None = None
+    ) -> None:
+        program.append((code, k, true, false, label))
 
-    program = [
-        instruction(_BPF_LD_W_ABS, 4),  # seccomp_data.arch
-        instruction(_BPF_JEQ_K, _AUDIT_ARCH_X86_64, jump_true=1),
-        instruction(
-            _BPF_RET_K, _SECCOMP_RET_KILL_PROCESS
-        ),  # i386 or x32 entry points dodge the numbers below
-        instruction(_BPF_LD_W_ABS, 0),  # seccomp_data.nr
-    ]
-    deny_at = len(program) + 1 + len(numbers) + 1  # after the x32 test, the comparisons and the allow
-    program.append(instruction(_BPF_JGE_K, _X32_SYSCALL_BIT, jump_true=deny_at - len(program) - 1))
-    for number in numbers:
-        program.append(instruction(_BPF_JEQ_K, number, jump_true=deny_at - len(program) - 1))
-    program.append(instruction(_BPF_RET_K, _SECCOMP_RET_ALLOW))
-    program.append(instruction(_BPF_RET_K, _SECCOMP_RET_ERRNO | errno.EPERM))
-    return b"".join(program)
+    emit(_BPF_LD_W_ABS, _OFFSET_ARCH)
+    emit(_BPF_JEQ_K, _AUDIT_ARCH_X86_64, false="kill")  # i386 and x32 entry points dodge the numbers below
+    emit(_BPF_LD_W_ABS, _OFFSET_NR)
+    emit(_BPF_JGE_K, _X32_SYSCALL_BIT, true="kill")
+    for number in sorted(_DENIED_SYSCALLS_X86_64.values()):
+        emit(_BPF_JEQ_K, number, true="deny")
+    for number in _SOCKET_SYSCALLS_X86_64.values():
+        emit(_BPF_JEQ_K, number, true="socket")
+    emit(_BPF_RET_K, _SECCOMP_RET_ALLOW)
+    emit(_BPF_LD_W_ABS, _OFFSET_ARGS, label="socket")  # the address family
+    for family in (_AF_UNIX, _AF_INET, _AF_INET6):
+        emit(_BPF_JEQ_K, family, true="socket_allow")
+    emit(_BPF_JEQ_K, _AF_NETLINK, false="no_family")
+    emit(_BPF_LD_W_ABS, _OFFSET_ARGS + 2 * 8)  # the netlink protocol
+    emit(_BPF_JEQ_K, _NETLINK_ROUTE, true="socket_allow")
+    emit(_BPF_RET_K, _SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT, label="no_family")
+    emit(_BPF_RET_K, _SECCOMP_RET_ALLOW, label="socket_allow")  # classic BPF only jumps forward
+    emit(_BPF_RET_K, _SECCOMP_RET_ERRNO | errno.EPERM, label="deny")
+    emit(_BPF_RET_K, _SECCOMP_RET_KILL_PROCESS, label="kill")
+
+    where = {label: index for index, (*_, label) in enumerate(program) if label is not None}
+
+    def offset(index: int, label: str | None) -> int:
+        if label is None:
+            return 0
+        jump = where[label] - index - 1
+        if not 0 <= jump <= 255:
+            raise ValueError(f"seccomp jump to {label} out of range: {jump}")
+        return jump
+
+    return b"".join(
+        struct.pack("=HBBI", code, offset(index, true), offset(index, false), k)
+        for index, (code, k, true, false, _) in enumerate(program)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
