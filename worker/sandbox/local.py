@@ -48,7 +48,8 @@ NOBODY = 65534
 # Paths inside the sandbox: both are private tmpfs mounts of Limits.tmp_bytes each.
 SANDBOX_TMP = "/tmp"  # noqa: S108
 SANDBOX_SHM = "/dev/shm"  # noqa: S108
-# A runtime whose host path would collide with /work inside is bound here instead.
+# Where a virtualenv runtime is bound, whatever its host path: the sandbox never learns where the
+# checkout lives, and a venv under /work or /tmp cannot collide with the sandbox's own mounts.
 RELOCATED_RUNTIME = "/opt/sandbox-python"
 # The /etc files Python and torch use; the rest of /etc (passwd, shadow, hosts, ...) stays out.
 ETC_FILES = ("/etc/ld.so.cache", "/etc/nsswitch.conf", "/etc/localtime")
@@ -126,10 +127,11 @@ class Runtime:
 
 
 def locate_runtime(prefix: Path) -> Runtime:
-    """Bind `prefix` (a venv or a Python installation) at the same path, and its base installation too.
+    """Bind `prefix` (a venv or a Python installation) read-only, and its base installation too.
 
-    A prefix under /work would be hidden by the workdir (or grow mount points in it), so it moves to
-    RELOCATED_RUNTIME; a venv still works there because Python finds pyvenv.cfg beside the interpreter.
+    A venv is always bound at RELOCATED_RUNTIME (Python finds pyvenv.cfg beside the interpreter, so it
+    works anywhere): its host path would reveal where the checkout lives, and under /work or /tmp it would
+    collide with the sandbox's own mounts. A plain installation keeps its path (its prefix is compiled in).
     """
     prefix = prefix.resolve()
     for name in ("python", "python3"):
@@ -140,7 +142,8 @@ def locate_runtime(prefix: Path) -> Runtime:
         raise SandboxError(
             f"no bin/python under {prefix}: python_prefix must be a virtualenv or Python installation"
         )
-    inside = RELOCATED_RUNTIME if _under(prefix, WORKDIR_INSIDE) else str(prefix)
+    is_venv = (prefix / "pyvenv.cfg").is_file()
+    inside = RELOCATED_RUNTIME if is_venv or _under(prefix, WORKDIR_INSIDE) else str(prefix)
     binds: list[tuple[Path, str]] = []
     if not _under(prefix, "/usr"):
         binds.append((prefix, inside))
