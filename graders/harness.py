@@ -30,7 +30,9 @@ import hashlib
 import importlib.util
 import logging
 import math
+import os
 import random
+import secrets
 import statistics
 import sys
 import time
@@ -95,6 +97,11 @@ CALIBRATION_DRIFT_SLACK_S = 1e-3
 L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 (the runner uses the same size)
 SHAPE_LABEL_CHARS = 48
 DEFAULT_SHAPE = "default"
+
+# -- inputs shared through files -----------------------------------------------------------------------------
+# Where the worker binds the host directory it passes as ``inputs_dir``, as the sandbox sees it.
+SANDBOX_INPUTS_DIR = "/work/.inputs"
+SHARED_IO_CHUNK = 1 << 24  # bytes per pwrite / pread of a shared input file
 
 
 class TestFailure(Exception):
@@ -337,13 +344,86 @@ def hardware_class(device: torch.device) -> str:
     return f"{platform}:{torch.cuda.get_device_name(device)}"
 
 
+class _SharedInputs:
+    """One call's CPU input tensors, each written by this side into a file of its own that the runner maps.
+
+    The student's function gets tensors mapped shared (MAP_SHARED) onto these files, so whatever it writes into
+    its inputs lands in them. After the call each file is read back through the descriptor opened here, never by
+    path: a student who unlinks, renames or replaces a file (or the directory) cannot change what is read. Any
+    byte that differs from this side's copy means the input was mutated.
+    """
+
+    def __init__(self, host_dir: Path, inside_dir: str) -> None:
+        self.inside_dir = inside_dir.rstrip("/")
+        self.specs: dict[str, dict[str, Any]] = {}  # tensor name -> what the runner maps
+        self.names_by_id: dict[int, str] = {}  # id() of this side's tensor -> its tensor name
+        self._files: dict[str, tuple[str, int, memoryview]] = {}  # tensor name -> (file name, fd, bytes)
+        # The sandbox owns the directory above this one and may have replaced it (with a symlink, say): never
+        # follow one, and create every file through this descriptor with O_EXCL, so nothing is written elsewhere.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(host_dir, 0o755)
+        self._dir_fd = os.open(host_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        data = flat.numpy().data.cast("B")
+        file_name = f"{secrets.token_hex(16)}.bin"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(file_name, flags, 0o600, dir_fd=self._dir_fd)
+        self._files[name] = (file_name, fd, data)
+        os.fchmod(fd, 0o666)  # the sandbox uid maps it read-write
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, data[offset : offset + SHARED_IO_CHUNK], offset)
+        self.specs[name] = {
+            "path": f"{self.inside_dir}/{file_name}",
+            "dtype": str(tensor.dtype).removeprefix("torch."),
+            "shape": list(tensor.shape),
+        }
+        self.names_by_id[id(tensor)] = name
+
+    def changed(self, tensor: torch.Tensor) -> bool:
+        """Whether the file of this (input) tensor no longer holds exactly the bytes written into it."""
+        _, fd, data = self._files[self.names_by_id[id(tensor)]]
+        if os.fstat(fd).st_size != len(data):
+            return True
+        offset = 0
+        while offset < len(data):
+            chunk = os.pread(fd, min(SHARED_IO_CHUNK, len(data) - offset), offset)
+            if not chunk or chunk != data[offset : offset + len(chunk)]:
+                return True
+            offset += len(chunk)
+        return False
+
+    def close(self) -> None:
+        for file_name, fd, _ in self._files.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(file_name, dir_fd=self._dir_fd)
+        self._files.clear()
+        with contextlib.suppress(OSError):
+            os.close(self._dir_fd)
+
+
 class _Session:
     """The state shared by every call of one grading run."""
 
-    def __init__(self, package: AssignmentPackage, channel: Channel, seed: int) -> None:
+    def __init__(
+        self,
+        package: AssignmentPackage,
+        channel: Channel,
+        seed: int,
+        *,
+        inputs_dir: Path | None = None,
+        inputs_dir_inside: str = SANDBOX_INPUTS_DIR,
+    ) -> None:
         self.package = package
         self.channel = channel
         self.seed = seed
+        # Host directory the sandbox sees at ``inputs_dir_inside``: checked calls share CPU inputs through it.
+        self.inputs_dir = inputs_dir
+        self.inputs_dir_inside = inputs_dir_inside
         self.deadline = time.monotonic() + package.time_limit_s
         self.next_id = 1
         self.device = torch.device("cuda" if package.queue == "gpu" and torch.cuda.is_available() else "cpu")
@@ -418,37 +498,67 @@ class _Session:
     ) -> CallResult:
         """Call the student's ``fn``; ``expected`` (if known) sizes the cap on what may come back.
 
-        With ``check_inputs`` the runner sends the input tensors back after the call and ``mutated`` is what this
-        side finds changed, comparing them with its own copies (else it is the runner's own, untrusted, report).
+        With ``check_inputs`` ``mutated`` is what this side finds changed, comparing the inputs after the call
+        with its own copies (else it is the runner's own, untrusted, report). With an ``inputs_dir`` CPU inputs
+        travel through files of this side's (see _SharedInputs); the others, and every input without one, are
+        sent back by the runner, which student code can tamper with.
         """
         call_id = self._take_id()
         (packed_args, packed_kwargs), tensors = pack_value([list(args), dict(kwargs)], name="the call")
         limits = self._result_limits(tensors, expected)
         originals = _input_tensors(args, kwargs) if check_inputs else []
-        header = {
-            "op": "call",
-            "id": call_id,
-            "fn": fn,
-            "args": packed_args,
-            "kwargs": packed_kwargs,
-            "limits": limits.to_json(),
-        }
-        if check_inputs:
-            header["return_inputs"] = True
-        received_limits = MessageLimits(
-            max_header_bytes=limits.max_header_bytes,
-            max_tensors=limits.max_tensors + len(originals),
-            max_tensor_elements=limits.max_tensor_elements + sum(tensor.numel() for _, tensor in originals),
-        )
-        reply, reply_tensors, wall = self._round_trip(header, tensors, received_limits, fn)
+        shared = self._share_inputs(tensors) if check_inputs else None
         try:
-            launches, forbidden_calls = _parse_observations(reply, self.forbidden)
-            self._cross_check(fn, reply.get("ok") is True, launches, forbidden_calls)
-            result = _parse_result(reply, reply_tensors, call_id, fn, wall)
+            header = {
+                "op": "call",
+                "id": call_id,
+                "fn": fn,
+                "args": packed_args,
+                "kwargs": packed_kwargs,
+                "limits": limits.to_json(),
+            }
+            sent = tensors
+            returned = originals
+            if shared is not None:
+                header["shared_inputs"] = shared.specs
+                sent = {name: tensor for name, tensor in tensors.items() if name not in shared.specs}
+                returned = [
+                    (where, tensor) for where, tensor in originals if id(tensor) not in shared.names_by_id
+                ]
             if check_inputs:
-                result = replace(result, mutated=_mutated_inputs(originals, reply, reply_tensors))
-        except ProtocolError as exc:
-            raise _Stop("protocol", str(exc)) from None
+                header["return_inputs"] = True
+            received_limits = MessageLimits(
+                max_header_bytes=limits.max_header_bytes,
+                max_tensors=limits.max_tensors + len(returned),
+                max_tensor_elements=limits.max_tensor_elements
+                + sum(tensor.numel() for _, tensor in returned),
+            )
+            reply, reply_tensors, wall = self._round_trip(header, sent, received_limits, fn)
+            try:
+                launches, forbidden_calls = _parse_observations(reply, self.forbidden)
+                self._cross_check(fn, reply.get("ok") is True, launches, forbidden_calls)
+                result = _parse_result(reply, reply_tensors, call_id, fn, wall)
+                if check_inputs:
+                    sent_back = set(_mutated_inputs(returned, reply, reply_tensors))
+                    claimed = set(result.mutated)
+                    held = shared.names_by_id if shared is not None else {}
+                    # For a shared input the runner's own report can only count against the student; the file
+                    # read back through this side's descriptor decides.
+                    mutated = tuple(
+                        where
+                        for where, tensor in originals
+                        if where in sent_back
+                        or (
+                            id(tensor) in held
+                            and (where in claimed or (shared is not None and shared.changed(tensor)))
+                        )
+                    )
+                    result = replace(result, mutated=mutated)
+            except ProtocolError as exc:
+                raise _Stop("protocol", str(exc)) from None
+        finally:
+            if shared is not None:
+                shared.close()
         if forbidden_calls:
             raise TestFailure(
                 f"{fn} called {', '.join(forbidden_calls)}, which this assignment does not allow"
@@ -461,6 +571,25 @@ class _Session:
         return CallResult(
             result.value, result.mutated, result.wall_s, result.sandbox_s, launches, forbidden_calls
         )
+
+    def _share_inputs(self, tensors: Mapping[str, torch.Tensor]) -> _SharedInputs | None:
+        """Write the call's non-empty CPU tensors into files the runner maps; None without an inputs_dir."""
+        if self.inputs_dir is None:
+            return None
+        shared: _SharedInputs | None = None
+        try:
+            shared = _SharedInputs(self.inputs_dir, self.inputs_dir_inside)
+            for name, tensor in tensors.items():
+                if tensor.device.type == "cpu" and tensor.numel() > 0:
+                    shared.add(name, tensor)
+        except OSError as exc:
+            # The directory lies in the student's own workdir, which their code may have filled or meddled with.
+            if shared is not None:
+                shared.close()
+            raise _Stop(
+                "protocol", f"the grader could not hand a call's inputs to your program ({exc.strerror})"
+            ) from None
+        return shared
 
     def _cross_check(
         self, fn: str, returned: bool, launches: int | None, forbidden_calls: tuple[str, ...]
@@ -1366,10 +1495,16 @@ def grade(
     seed: int,
     on_progress: ProgressCallback | None = None,
     benchmarks: bool = True,
+    inputs_dir: Path | None = None,
+    inputs_dir_inside: str = SANDBOX_INPUTS_DIR,
 ) -> GradeReport:
     """Run every test of ``package`` (then its benchmarks, if all passed) against the runner on ``channel``.
 
     ``benchmarks=False`` skips the timing (a correctness-only run).
+
+    ``inputs_dir``: a host directory the sandbox sees at ``inputs_dir_inside`` (read-write). With it, the CPU
+    inputs of checked calls travel through files this side keeps open, so whether the student's code mutated
+    them is judged from evidence it cannot forge; without it, from the inputs the runner sends back.
 
     Never raises because of anything the sandbox sends; raises GraderError if tests.py itself is broken or
     the sandbox cannot run the assignment (infrastructure faults).
@@ -1381,7 +1516,7 @@ def grade(
         raise GraderError(
             f"{package.slug}: tests.py registers {sorted(suite.tests)}, assignment.toml {declared}"
         )
-    session = _Session(package, channel, seed)
+    session = _Session(package, channel, seed, inputs_dir=inputs_dir, inputs_dir_inside=inputs_dir_inside)
     timed = list(suite.benchmarks.values()) if benchmarks else []
     total = len(package.tests) + len(timed)
 

@@ -252,6 +252,39 @@ def _tensor_inputs(value: Any, where: str, found: list[tuple[str, torch.Tensor]]
             _tensor_inputs(item, f"{where}[{key!r}]", found)
 
 
+def map_shared_inputs(spec: Any, tensors: dict) -> dict[str, torch.Tensor]:
+    """The call's ``shared_inputs``: input tensors the grader wrote into files of its own, mapped here.
+
+    ``spec`` maps a tensor name (as the call's args and kwargs refer to it) to ``{"path", "dtype", "shape"}``.
+    Each file is mapped shared (MAP_SHARED), so what the student's function writes into its input lands in
+    the grader's file, which the grader reads back through a descriptor it kept: the mutation check it trusts.
+    """
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ProtocolError("a call's shared_inputs must be an object")
+    mapped: dict[str, torch.Tensor] = {}
+    for name, entry in spec.items():
+        if name in tensors or not isinstance(entry, dict):
+            raise ProtocolError("malformed shared input in a call")
+        path, dtype, shape = entry.get("path"), DTYPES_BY_NAME.get(entry.get("dtype")), entry.get("shape")
+        if (
+            not isinstance(path, str)
+            or dtype is None
+            or type(shape) is not list
+            or not all(type(size) is int and size >= 0 for size in shape)
+        ):
+            raise ProtocolError("malformed shared input in a call")
+        numel = math.prod(shape)
+        try:
+            mapped[name] = torch.from_file(path, shared=True, size=numel, dtype=dtype).view(shape)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ProtocolError(
+                f"could not map the shared input {name[:64]!r}: {_safe_str(exc)[:200]}"
+            ) from None
+    return mapped
+
+
 def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
     """Bit-for-bit equality, so NaNs compare equal to themselves and -0.0 differs from 0.0."""
     try:
@@ -349,6 +382,9 @@ def handle_call(
     if type(call_id) is not int:
         raise ProtocolError("a request needs an integer id")
     limits = MessageLimits.from_json(header["limits"]) if "limits" in header else None
+    shared = map_shared_inputs(header.get("shared_inputs"), tensors)
+    tensors = {**tensors, **shared}
+    shared_ids = {id(tensor) for tensor in shared.values()}
     args = unpack_value(header.get("args", []), tensors)
     kwargs = unpack_value(header.get("kwargs", {}), tensors)
     if not isinstance(args, list) or not isinstance(kwargs, dict):
@@ -416,11 +452,10 @@ def handle_call(
         **observed,
     }
     if header.get("return_inputs") is True:
-        # The grader compares these with its own pristine copies: the mutation check it trusts.
+        # The grader compares these with its own pristine copies (shared inputs it reads from its own files).
+        returned = [tensor for _, tensor in inputs if id(tensor) not in shared_ids]
         try:
-            both, out_tensors = pack_value(
-                {"value": value, "inputs": [tensor for _, tensor in inputs]}, name=what
-            )
+            both, out_tensors = pack_value({"value": value, "inputs": returned}, name=what)
         except Exception as exc:
             return {**_failure(call_id, "bad_result", _safe_str(exc)), **observed}, {}
         result["value"], result["inputs_after"] = both["value"], both["inputs"]

@@ -225,6 +225,9 @@ def run_grading(
             os.chmod(runner_dir / source.name, 0o644)
         os.chmod(runner_dir, 0o755)  # noqa: S103 - the runner stub is public code, read by the sandbox uid
         ctx.sandbox.prepare_workdir(workdir)
+        # Where the grader puts its own files holding each checked call's inputs, which the runner maps (at
+        # /work/.inputs): it judges mutation from them. It creates the directory at the first such call.
+        inputs_dir = workdir / ".inputs"
         spec = SandboxSpec(
             argv=runner_argv(package),
             workdir=workdir,
@@ -234,7 +237,7 @@ def run_grading(
         )
         with ctx.sandbox.run(spec) as session:
             channel = Channel(session.stdout, session.stdin, default_timeout=package.call_timeout_s)
-            report = grade(package, channel, seed=seed, on_progress=on_progress)
+            report = grade(package, channel, seed=seed, on_progress=on_progress, inputs_dir=inputs_dir)
             # If the sandbox is gone, stuck, or broke the protocol, the send fails (the channel may refuse any
             # further use): its exit status below says why. None of that is an infrastructure fault.
             with contextlib.suppress(OSError, ValueError, EOFError, ProtocolError):

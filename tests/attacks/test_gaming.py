@@ -71,10 +71,6 @@ def test_inputs_mutated_in_place_are_judged_against_the_graders_copy(arena: Aren
     arena.assert_healthy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole: the inputs sent back for the mutation check come from the student's own process",
-)
 def test_hiding_an_in_place_mutation_does_not_earn_inputs_not_mutated(arena: Arena) -> None:
     hidden = arena.grade("mutate_hidden")
     assert hidden.report("mutate_hidden")["hooked"]

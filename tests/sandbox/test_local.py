@@ -27,7 +27,7 @@ from worker.sandbox import (
     SandboxSpec,
     get_sandbox,
 )
-from worker.sandbox.local import discover_cgroups
+from worker.sandbox.local import RELOCATED_RUNTIME, discover_cgroups, locate_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -634,3 +634,14 @@ def test_discover_cgroups_prefers_v2_below_the_mount_root(tmp_path: Path) -> Non
     assert {name: (h.version, h.parent) for name, h in found.items()} == dict.fromkeys(
         ["memory", "pids", "cpuacct"], (2, own)
     )
+
+
+def test_a_venv_runtime_is_bound_at_a_fixed_path_wherever_it_lives(tmp_path: Path) -> None:
+    venv = tmp_path / "checkout" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "bin" / "python").symlink_to("/usr/bin/python3")
+    runtime = locate_runtime(venv)
+    assert runtime.interpreter == f"{RELOCATED_RUNTIME}/bin/python"
+    assert (venv.resolve(), RELOCATED_RUNTIME) in runtime.binds
+    assert all(str(tmp_path) not in inside for _, inside in runtime.binds)
