@@ -71,18 +71,33 @@ def available(name: str, options: dict[str, Any]) -> Sandbox | str:
     return sandbox
 
 
+def docker_options(options: argparse.Namespace) -> dict[str, Any]:
+    """The docker backend's options; with --host-runtime the image may be empty: the host's /usr and this
+    venv are bound read-only (how tests/sandbox/test_docker.py runs podman without a registry)."""
+    result: dict[str, Any] = {"image": options.docker_image}
+    if options.host_runtime:
+        result["runtime_binds"] = {Path("/usr"): "/usr", Path(sys.prefix).resolve(): "/opt/sandbox-python"}
+        result["python"] = "/opt/sandbox-python/bin/python"
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
+        "--host-runtime",
+        action="store_true",
+        help="docker: bind the host's /usr and this venv instead of using the image's own Python",
+    )
+    parser.add_argument(
         "--docker-image", help="the sandbox image for the docker backend (skipped without one)"
     )
     options = parser.parse_args()
     backends: dict[str, dict[str, Any] | str] = {
         "local": {},
-        "docker": {"image": options.docker_image} if options.docker_image else "no --docker-image given",
+        "docker": docker_options(options) if options.docker_image else "no --docker-image given",
     }
 
     baseline = {label: median_seconds(bare(code), options.repeats) for label, code in PROGRAMS.items()}
