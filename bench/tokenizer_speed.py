@@ -25,27 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from reference_impl.data.synthetic_text import END_OF_TEXT, write_corpus  # noqa: E402
-from reference_impl.tokenizer import GPT2_PRETOKEN_PATTERN, Tokenizer, token_to_string, train_bpe  # noqa: E402
-
-
-def hf_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]):
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    model = models.BPE(
-        vocab={token_to_string(data): token_id for token_id, data in vocab.items()},
-        merges=[(token_to_string(a), token_to_string(b)) for a, b in merges],
-    )
-    tokenizer = HFTokenizer(model)
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(GPT2_PRETOKEN_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(special_tokens)
-    return tokenizer
+from reference_impl.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from tests.reference.hf_tokenizer import hf_tokenizer  # noqa: E402
 
 
 def best_seconds(function: Callable[[], object], repeats: int = 3) -> float:

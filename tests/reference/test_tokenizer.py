@@ -25,9 +25,9 @@ from reference_impl.tokenizer import (
     bytes_to_unicode,
     count_pretokens,
     find_chunk_boundaries,
-    token_to_string,
     train_bpe,
 )
+from tests.reference.hf_tokenizer import hf_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,27 +102,6 @@ def saved_files(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) 
     directory = tmp_path_factory.mktemp("saved")
     tokenizer.to_files(directory / "vocab.json", directory / "merges.txt")
     return directory / "vocab.json", directory / "merges.txt"
-
-
-def hf_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]):
-    """Hugging Face's byte-level BPE on our vocabulary and merges, pre-tokenized by the same regex."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    model = models.BPE(
-        vocab={token_to_string(data): token_id for token_id, data in vocab.items()},
-        merges=[(token_to_string(a), token_to_string(b)) for a, b in merges],
-    )
-    tokenizer = HFTokenizer(model)
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(GPT2_PRETOKEN_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(special_tokens)
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
