@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import re
 import secrets
 import statistics
 import sys
@@ -64,6 +65,11 @@ TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
 MAX_STUDENT_TEXT = 2_000
 MAX_STUDENT_TRACEBACK = 8_000
 SHUTDOWN_TIMEOUT_S = 2.0
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+NEEDS_GPU_MESSAGE = (
+    "Not run: this test needs a GPU and this run had none. It counts once the submission is graded on a GPU "
+    "worker (the assignment's gpu queue)."
+)
 
 # -- what a sandbox message may hold -------------------------------------------------------------------------
 # A result may carry this many times the elements of the call's tensors (arguments plus expected output), and
@@ -184,6 +190,7 @@ class Benchmark:
     takes_shape: bool
     reference: Callable[..., Any] | None
     floors_s: Mapping[str, float] | None  # per-shape floor in seconds; None: a fraction of the reference
+    requires: Literal["any", "gpu"] = "any"  # "gpu": timed only where the run has a GPU
 
 
 def _valid_label(label: object) -> bool:
@@ -202,6 +209,18 @@ class Suite:
     def __init__(self) -> None:
         self.tests: dict[str, TestFunction] = {}
         self.benchmarks: dict[str, Benchmark] = {}
+        self.metrics: dict[str, str] = {}  # metric name -> unit, for metrics tests record with Context.metric
+
+    def metric(self, name: str, *, unit: str) -> None:
+        """Declare a metric that tests record with ``ctx.metric(name, value)`` (e.g. a held-out loss).
+
+        Declared metrics, like benchmarks, may be an assignment's leaderboard metric.
+        """
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise ValueError(f"metric name {name!r} must be letters, digits and '_' (starting with a letter)")
+        if name in self.metrics or name in self.benchmarks:
+            raise ValueError(f"metric {name!r} is declared twice")
+        self.metrics[name] = unit
 
     def test(self, name: str) -> Callable[[TestFunction], TestFunction]:
         """Register ``fn(ctx)`` as the test ``name`` (must match a ``[[tests]]`` entry in assignment.toml)."""
@@ -230,6 +249,7 @@ class Suite:
         max_reps: int = 100,
         max_seconds: float = 10.0,
         target_rse: float = 0.01,
+        requires: Literal["any", "gpu"] = "any",
     ) -> Callable[[CaseFactory], CaseFactory]:
         """Register ``factory(ctx) -> Case`` (``factory(ctx, shape)`` with ``shapes``) as the timing of ``metric``.
 
@@ -241,8 +261,10 @@ class Suite:
         fresh inputs. Per shape, up to ``warmup`` untimed calls (at least one; all shapes together stop
         warming up after ``warmup_seconds``), then timed calls until ``max_reps``, the shape's share of
         ``max_seconds``, or, once ``min_reps`` are in, until the relative standard error of the median falls
-        under ``target_rse``.
+        under ``target_rse``. ``requires="gpu"``: a run without a GPU skips this benchmark and says why.
         """
+        if requires not in ("any", "gpu"):
+            raise ValueError(f"requires must be 'any' or 'gpu', got {requires!r}")
         if unit not in TIME_UNITS:
             raise ValueError(f"unit must be one of {sorted(TIME_UNITS)}, got {unit!r}")
         if not (
@@ -267,7 +289,7 @@ class Suite:
         floors_s = _floors_in_seconds(floor, labels, TIME_UNITS[unit])
 
         def register(factory: CaseFactory) -> CaseFactory:
-            if metric in self.benchmarks:
+            if metric in self.benchmarks or metric in self.metrics:
                 raise ValueError(f"benchmark {metric!r} is registered twice")
             self.benchmarks[metric] = Benchmark(
                 metric=metric,
@@ -283,6 +305,7 @@ class Suite:
                 takes_shape=shapes is not None,
                 reference=reference,
                 floors_s=floors_s,
+                requires=requires,
             )
             return factory
 
@@ -428,6 +451,8 @@ class _Session:
         self.next_id = 1
         self.device = torch.device("cuda" if package.queue == "gpu" and torch.cuda.is_available() else "cpu")
         self.flags: list[str] = []  # for staff only
+        self.test_metrics: dict[str, float] = {}  # recorded by tests through Context.metric
+        self.declared_metrics: frozenset[str] = frozenset()  # the suite's, set by grade()
         self.activity = "start-up"  # what is running, for flags
         self.forbidden = frozenset(package.static_check.forbid_calls)
         self.requires_launch = frozenset(package.static_check.require_kernel_launch)
@@ -495,6 +520,7 @@ class _Session:
         *,
         expected: Any = None,
         check_inputs: bool = False,
+        grad: tuple[tuple[list, torch.Tensor], Any] | None = None,
     ) -> CallResult:
         """Call the student's ``fn``; ``expected`` (if known) sizes the cap on what may come back.
 
@@ -504,7 +530,10 @@ class _Session:
         sent back by the runner, which student code can tamper with.
         """
         call_id = self._take_id()
-        (packed_args, packed_kwargs), tensors = pack_value([list(args), dict(kwargs)], name="the call")
+        paths, grad_output = grad if grad is not None else ((), None)
+        (packed_args, packed_kwargs, packed_grad), tensors = pack_value(
+            [list(args), dict(kwargs), grad_output], name="the call"
+        )
         limits = self._result_limits(tensors, expected)
         originals = _input_tensors(args, kwargs) if check_inputs else []
         shared = self._share_inputs(tensors) if check_inputs else None
@@ -517,6 +546,8 @@ class _Session:
                 "kwargs": packed_kwargs,
                 "limits": limits.to_json(),
             }
+            if grad is not None:
+                header["grad"] = {"wrt": [path for path, _ in paths], "grad_output": packed_grad}
             sent = tensors
             returned = originals
             if shared is not None:
@@ -759,6 +790,34 @@ def _parse_result(reply: dict, tensors: dict, call_id: int, fn: str, wall: float
     return CallResult(value, tuple(_student_text(item, 200) for item in mutated), wall, float(elapsed))
 
 
+def _grad_path(entry: int | str | tuple) -> list:
+    """The runner's path for a ``call_grad`` ``wrt`` entry: ``["args", i, ...]`` or ``["kwargs", name, ...]``."""
+    parts = entry if isinstance(entry, tuple) else (entry,)
+    if not parts or not isinstance(parts[0], int | str) or isinstance(parts[0], bool):
+        raise GraderError(f"call_grad: wrt entry {entry!r} must start with an argument index or keyword name")
+    head = ["args", parts[0]] if isinstance(parts[0], int) else ["kwargs", parts[0]]
+    return head + list(parts[1:])
+
+
+def _input_at(args: tuple, kwargs: Mapping[str, Any], entry: int | str | tuple) -> torch.Tensor:
+    parts = entry if isinstance(entry, tuple) else (entry,)
+    try:
+        value: Any = args[parts[0]] if isinstance(parts[0], int) else kwargs[parts[0]]
+        for step in parts[1:]:
+            value = value[step]
+    except (IndexError, KeyError, TypeError):
+        raise GraderError(f"call_grad: wrt entry {entry!r} names no argument of the call") from None
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise GraderError(f"call_grad: wrt entry {entry!r} is not a floating-point tensor")
+    return value
+
+
+def _describe_path(entry: int | str | tuple) -> str:
+    parts = entry if isinstance(entry, tuple) else (entry,)
+    head = f"argument {parts[0]}" if isinstance(parts[0], int) else f"{parts[0]}"
+    return head + "".join(f"[{step!r}]" for step in parts[1:])
+
+
 class Context:
     """What a test function gets: calls into the student's code, seeded random inputs, and checks.
 
@@ -788,6 +847,55 @@ class Context:
     def call(self, fn: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the student's ``fn`` in the sandbox and return its (validated, decoded) result."""
         return self._session.invoke(fn, args, kwargs, check_inputs=True).value
+
+    def call_grad(
+        self,
+        fn: str,
+        /,
+        *args: Any,
+        grad_output: torch.Tensor | Sequence[torch.Tensor | None],
+        wrt: Sequence[int | str | tuple],
+        **kwargs: Any,
+    ) -> tuple[Any, tuple[torch.Tensor | None, ...]]:
+        """Call ``fn`` with the ``wrt`` inputs as leaves requiring grad and back-propagate ``grad_output``.
+
+        Each ``wrt`` entry names an input: a positional index, a keyword name, or a tuple path into a dict or
+        list argument (``(1, "wq")`` is ``args[1]["wq"]``). ``grad_output`` is one tensor for a tensor output, or
+        a list (None to skip an output) for a list or tuple of outputs. Returns the output and the gradients in
+        ``wrt`` order (None where no gradient reached that input); each gradient is checked to have its input's
+        shape, so tests compare values with ``check_close``.
+        """
+        paths = [(_grad_path(entry), _input_at(args, kwargs, entry)) for entry in wrt]
+        result = self._session.invoke(fn, args, kwargs, check_inputs=True, grad=(tuple(paths), grad_output))
+        value = result.value
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+            raise TestFailure(f"{fn}: the runner sent back a malformed gradient result")
+        output, grads = value
+        if len(grads) != len(paths):
+            raise TestFailure(f"{fn}: the runner sent back {len(grads)} gradients for {len(paths)} inputs")
+        for (_, tensor), gradient, entry in zip(paths, grads, wrt, strict=True):
+            if gradient is not None and (
+                not isinstance(gradient, torch.Tensor) or gradient.shape != tensor.shape
+            ):
+                raise TestFailure(
+                    f"{fn}: the gradient with respect to {_describe_path(entry)} does not have the input's "
+                    f"shape {tuple(tensor.shape)}"
+                )
+        return output, tuple(grads)
+
+    def metric(self, name: str, value: float) -> None:
+        """Record a metric measured or computed on this (trusted) side, e.g. a held-out loss or tokens/s.
+
+        It joins the run's metrics beside the benchmarks' and may be an assignment's leaderboard metric.
+        """
+        if name not in self._session.declared_metrics:
+            raise GraderError(
+                f"metric {name!r} is not declared: add suite.metric({name!r}, unit=...) to tests.py"
+            )
+        number = float(value)
+        if not math.isfinite(number):
+            raise TestFailure(f"the metric {name} is not a finite number")
+        self._session.test_metrics[name] = number
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def randn(
@@ -934,6 +1042,7 @@ class TestOutcome:
     message: str  # student-facing, plain language
     duration_s: float
     detail: str | None = None  # the student's own traceback when their code raised
+    skipped: bool = False  # not run here (e.g. it needs a GPU and this run had none); scores nothing
 
 
 @dataclass
@@ -1517,7 +1626,18 @@ def grade(
             f"{package.slug}: tests.py registers {sorted(suite.tests)}, assignment.toml {declared}"
         )
     session = _Session(package, channel, seed, inputs_dir=inputs_dir, inputs_dir_inside=inputs_dir_inside)
-    timed = list(suite.benchmarks.values()) if benchmarks else []
+    session.declared_metrics = frozenset(suite.metrics)
+    has_gpu = session.device.type == "cuda"
+    timed = (
+        [bench for bench in suite.benchmarks.values() if has_gpu or bench.requires != "gpu"]
+        if benchmarks
+        else []
+    )
+    gpu_only_benchmarks = [
+        bench.metric
+        for bench in suite.benchmarks.values()
+        if benchmarks and bench.requires == "gpu" and not has_gpu
+    ]
     total = len(package.tests) + len(timed)
 
     def progress(done: int, current: str) -> None:
@@ -1568,6 +1688,9 @@ def grade(
         if stopped is not None:
             outcomes.append(_outcome(spec, False, f"Not run: {stopped}", 0.0))
             continue
+        if spec.requires == "gpu" and not has_gpu:
+            outcomes.append(replace(_outcome(spec, False, NEEDS_GPU_MESSAGE, 0.0), skipped=True))
+            continue
         started = time.monotonic()
         try:
             outcomes.append(_run_test(session, spec, suite.tests[spec.name]))
@@ -1575,12 +1698,22 @@ def grade(
             outcome, stopped, failure_reason = _stop_outcome(spec, stop, time.monotonic() - started)
             outcomes.append(outcome)
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = dict(session.test_metrics)
     usable = stopped is None
-    if usable and all(outcome.passed for outcome in outcomes):
-        metrics, bench_notes, failure_reason, usable = _run_benchmarks(
+    skipped = [outcome.name for outcome in outcomes if outcome.skipped]
+    if skipped:
+        notes.append(
+            f"{len(skipped)} test(s) need a GPU and were not run, because this run had none: "
+            f"{', '.join(skipped)}. They count once the submission is graded on a GPU worker."
+        )
+        session.flag(f"graded without a GPU: {len(skipped)} GPU test(s) not run")
+    if gpu_only_benchmarks:
+        notes.append(f"Not timed without a GPU: {', '.join(gpu_only_benchmarks)}.")
+    if usable and all(outcome.passed for outcome in outcomes if not outcome.skipped):
+        bench_metrics, bench_notes, failure_reason, usable = _run_benchmarks(
             session, timed, progress, len(package.tests)
         )
+        metrics.update(bench_metrics)
         notes += bench_notes
     elif usable and timed:
         notes.append("Speed is only measured once every test passes.")

@@ -52,6 +52,8 @@ class TestSpec:
     weight: float
     visibility: Literal["visible", "hidden", "after_due"]
     description: str
+    # "gpu": the test only runs where the run has a GPU; elsewhere it is reported as not run, with the reason.
+    requires: Literal["any", "gpu"] = "any"
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ _LIMIT_KEYS = {
 }
 _STATIC_CHECK_KEYS = {"require_calls", "forbid_calls", "forbid_imports", "require_kernel_launch"}
 _LEADERBOARD_KEYS = {"metric", "direction", "unit", "label"}
-_TEST_KEYS = {"name", "weight", "visibility", "description"}
+_TEST_KEYS = {"name", "weight", "visibility", "description", "requires"}
 
 
 _REQUIRED: Any = object()
@@ -280,6 +282,7 @@ def _parse_tests(source: Path, raw: Any) -> tuple[TestSpec, ...]:
                 weight=reader.positive("weight"),
                 visibility=reader.choice("visibility", ("visible", "hidden", "after_due")),  # type: ignore[arg-type]
                 description=reader.text("description"),
+                requires=reader.choice("requires", ("any", "gpu"), "any"),  # type: ignore[arg-type]
             )
         )
     names = [spec.name for spec in specs]
@@ -413,15 +416,16 @@ def _check_consistency(
     if extra:
         raise PackageError(f"{package.path / 'tests.py'}: test {extra[0]!r} is not declared in {MANIFEST}")
     if package.leaderboard is not None:
-        bench = suite.benchmarks.get(package.leaderboard.metric)
-        if bench is None:
+        metric = package.leaderboard.metric
+        bench = suite.benchmarks.get(metric)
+        unit = bench.unit if bench is not None else suite.metrics.get(metric)
+        if unit is None:
             raise PackageError(
-                f"{source}: leaderboard.metric {package.leaderboard.metric!r} has no @suite.benchmark in tests.py"
+                f"{source}: leaderboard.metric {metric!r} has no @suite.benchmark and no suite.metric in tests.py"
             )
-        if bench.unit != package.leaderboard.unit:
+        if unit != package.leaderboard.unit:
             raise PackageError(
-                f"{source}: leaderboard.unit is {package.leaderboard.unit!r} "
-                f"but the benchmark reports {bench.unit!r}"
+                f"{source}: leaderboard.unit is {package.leaderboard.unit!r} but tests.py reports {metric} in {unit!r}"
             )
 
 

@@ -20,11 +20,12 @@ element count are checked too, the last two from the blob's own index before ``s
 
 Header values refer to tensors as ``{"$tensor": "<name>"}`` (plus ``"device": "cuda:0"`` for tensors that are
 not on the CPU). :func:`pack_value` turns a nested Python value (None, bool, int, float, str, list, tuple, dict
-with str keys, torch.Tensor) into such a JSON value and a tensor dict; :func:`unpack_value` reverses it.
+with str keys, torch.Tensor, bytes) into such a JSON value and a tensor dict; :func:`unpack_value` reverses it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -51,6 +52,9 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 # Deeper nesting than this is never needed to describe a call, and unbounded nesting is a recursion bomb.
 MAX_DEPTH = 64
 TENSOR_KEY = "$tensor"
+# Header values refer to byte strings as ``{"$bytes": "<base64>"}`` (BPE vocabularies and merges are bytes).
+BYTES_KEY = "$bytes"
+RESERVED_KEYS = (TENSOR_KEY, BYTES_KEY)
 
 # The dtypes safetensors can carry and the course uses; anything else is refused with a clear message.
 SENDABLE_DTYPES = frozenset(
@@ -339,6 +343,8 @@ def pack_value(obj: Any, *, name: str = "the value") -> tuple[Any, dict[str, tor
         # Subclasses (IntEnum, numpy.float64, ...) become the base type without calling overridable methods.
         if isinstance(value, str):
             return str.__str__(value)
+        if isinstance(value, bytes | bytearray | memoryview):
+            return {BYTES_KEY: base64.b64encode(bytes(value)).decode("ascii")}
         if isinstance(value, int):
             return int.__int__(value)
         if isinstance(value, float):
@@ -350,13 +356,13 @@ def pack_value(obj: Any, *, name: str = "the value") -> tuple[Any, dict[str, tor
             for key, item in value.items():
                 if type(key) is not str:
                     raise TypeError(f"{where} has a key of type {_type_name(key)}; only str keys can be sent")
-                if key == TENSOR_KEY:
-                    raise TypeError(f"{where} uses the reserved key {TENSOR_KEY!r}")
+                if key in RESERVED_KEYS:
+                    raise TypeError(f"{where} uses the reserved key {key!r}")
                 packed[key] = pack(item, f"{where}[{key!r}]", depth + 1)
             return packed
         raise TypeError(
             f"{where} is a {_type_name(value)}, which cannot be sent; "
-            "use torch.Tensor, int, float, bool, str, None, list, tuple or dict"
+            "use torch.Tensor, int, float, bool, str, bytes, None, list, tuple or dict"
         )
 
     return pack(obj, name, 0), tensors
@@ -384,6 +390,16 @@ def _tensor_ref(value: dict, tensors: Mapping[str, torch.Tensor]) -> torch.Tenso
         ) from None
 
 
+def _bytes_ref(value: dict) -> bytes:
+    encoded = value[BYTES_KEY]
+    if not isinstance(encoded, str) or len(value) != 1:
+        raise ProtocolError("malformed byte string in the message header")
+    try:
+        return base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError("malformed byte string in the message header") from None
+
+
 def unpack_value(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     """Rebuild the value :func:`pack_value` produced, validating every node (ProtocolError if malformed)."""
 
@@ -397,6 +413,8 @@ def unpack_value(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         if type(node) is dict:
             if TENSOR_KEY in node:
                 return _tensor_ref(node, tensors)
+            if BYTES_KEY in node:
+                return _bytes_ref(node)
             return {key: unpack(item, depth + 1) for key, item in node.items()}
         raise ProtocolError(f"the message holds a value of unexpected type {type(node).__name__}")
 

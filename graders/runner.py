@@ -370,6 +370,78 @@ def _over_limits(packed: Any, tensors: dict, limits: MessageLimits | None, what:
     return None
 
 
+def _grad_leaves(spec: Any, args: list, kwargs: dict, tensors: dict) -> tuple[list[torch.Tensor], list]:
+    """Replace each input named by a ``grad`` request's ``wrt`` paths with a leaf that requires grad.
+
+    A path is ``["args", index, ...]`` or ``["kwargs", name, ...]``, going on into the dicts and lists of that
+    argument. Returns the leaves (in ``wrt`` order) and the list of gradients to back-propagate (one per output
+    tensor; None entries are skipped).
+    """
+    if type(spec) is not dict or set(spec) != {"wrt", "grad_output"} or type(spec["wrt"]) is not list:
+        raise ProtocolError("malformed grad request in a call")
+    leaves = []
+    for path in spec["wrt"]:
+        if type(path) is not list or len(path) < 2 or path[0] not in ("args", "kwargs"):
+            raise ProtocolError("malformed grad path in a call")
+        container: Any = args if path[0] == "args" else kwargs
+        for step in path[1:-1]:
+            container = _child(container, step)
+        key = path[-1]
+        tensor = _child(container, key)
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise ProtocolError("a grad path does not lead to a floating-point tensor")
+        leaf = tensor.detach().clone().requires_grad_(True)
+        container[key] = leaf
+        leaves.append(leaf)
+    grad_output = unpack_value(spec["grad_output"], tensors)
+    grad_outputs = grad_output if type(grad_output) is list else [grad_output]
+    return leaves, grad_outputs
+
+
+def _child(container: Any, step: Any) -> Any:
+    if (type(container) is list and type(step) is int and 0 <= step < len(container)) or (
+        type(container) is dict and type(step) is str and step in container
+    ):
+        return container[step]
+    raise ProtocolError("a grad path does not exist in the call's arguments")
+
+
+def _backward(value: Any, grad_outputs: list, leaves: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Back-propagate ``grad_outputs`` through the output(s) in ``value``; the leaves' gradients, in order.
+
+    Raises ValueError (a bad result: the student's output cannot be differentiated as asked).
+    """
+    outputs = list(value) if isinstance(value, list | tuple) else [value]
+    if len(outputs) != len(grad_outputs):
+        raise ValueError(
+            f"the result has {len(outputs)} output(s), but the grader back-propagates through "
+            f"{len(grad_outputs)}; return exactly what the interface describes"
+        )
+    pairs = [(output, grad) for output, grad in zip(outputs, grad_outputs, strict=True) if grad is not None]
+    for index, (output, grad) in enumerate(pairs):
+        if not isinstance(output, torch.Tensor) or output.shape != grad.shape:
+            raise ValueError(f"output {index} is not a tensor of shape {tuple(grad.shape)}")
+        if not output.requires_grad:
+            raise ValueError(
+                f"output {index} does not depend on the inputs through autograd (was it detached, computed "
+                "under torch.no_grad(), or converted through numpy?)"
+            )
+    torch.autograd.backward(
+        [output for output, _ in pairs], [grad.to(output.dtype) for output, grad in pairs]
+    )
+    return [leaf.grad for leaf in leaves]
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, list | tuple):
+        return [_detached(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _detached(item) for key, item in value.items()}
+    return value
+
+
 def handle_call(
     module: Any,
     header: dict,
@@ -407,6 +479,11 @@ def handle_call(
         if function is None or not callable(function):
             return _failure(call_id, "missing", f"your module has no function named {function_name!r}"), {}
 
+    leaves: list[torch.Tensor] = []
+    grad_outputs: list = []
+    if "grad" in header and module is not None:
+        leaves, grad_outputs = _grad_leaves(header["grad"], args, kwargs, tensors)
+
     inputs: list[tuple[str, torch.Tensor]] = []
     _tensor_inputs(args, "args", inputs)
     _tensor_inputs(kwargs, "kwargs", inputs)
@@ -421,7 +498,14 @@ def handle_call(
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         started = _clock()
-        value = function(*args, **kwargs)
+        with torch.enable_grad() if leaves else contextlib.nullcontext():
+            value = function(*args, **kwargs)
+            if leaves:
+                try:
+                    grads = _backward(value, grad_outputs, leaves)
+                except ValueError as exc:
+                    return {**_failure(call_id, "bad_result", _safe_str(exc)), **monitor.report()}, {}
+                value = [_detached(value), grads]
         if use_events:
             end.record()
         _synchronize()

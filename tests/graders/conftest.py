@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -124,3 +126,93 @@ def grade_source(runner_dir: Path, warmup_package: AssignmentPackage, tmp_path: 
         return Graded(report, returncode, runner.stderr())
 
     return run
+
+
+PackageGrader = Callable[..., Graded]
+
+
+@pytest.fixture(scope="session")
+def packages() -> Callable[[Path], AssignmentPackage]:
+    """``packages(path)``: the assignment package at ``path``, loaded once per test session."""
+    loaded: dict[Path, AssignmentPackage] = {}
+
+    def load(path: Path) -> AssignmentPackage:
+        key = Path(path).resolve()
+        if key not in loaded:
+            loaded[key] = load_package(key)
+        return loaded[key]
+
+    return load
+
+
+def _write_submission(workdir: Path, files: Path | Mapping[str, str | bytes]) -> None:
+    if isinstance(files, Path):
+        shutil.copytree(files, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        return
+    for relative, content in files.items():
+        target = workdir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+
+
+@pytest.fixture
+def grade_package(
+    runner_dir: Path, packages: Callable[[Path], AssignmentPackage], tmp_path: Path
+) -> PackageGrader:
+    """Grade a submission of the package at ``package_dir`` with the real runner stub (no sandbox).
+
+    ``files``: a directory copied as the submission (e.g. the package's ``solution/``), or a mapping of
+    relative paths to file contents. Keyword arguments beyond ``benchmarks`` and ``seed`` override package
+    fields (e.g. ``call_timeout_s``).
+    """
+
+    def run(
+        package_dir: Path,
+        files: Path | Mapping[str, str | bytes],
+        *,
+        benchmarks: bool = False,
+        seed: int = 1234,
+        **overrides: object,
+    ) -> Graded:
+        package = packages(package_dir)
+        if overrides:
+            package = replace(package, **overrides)
+        workdir = tmp_path / f"work{len(list(tmp_path.iterdir()))}"
+        workdir.mkdir()
+        _write_submission(workdir, files)
+        with start_runner(runner_dir, workdir, package.module, runner_options(package)) as runner:
+            report = grade(package, runner.channel, seed=seed, benchmarks=benchmarks)
+            runner.process.stdin.close()
+            try:
+                returncode: int | None = runner.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                returncode = None
+        return Graded(report, returncode, runner.stderr())
+
+    return run
+
+
+def run_public_tests(
+    package_dir: Path, files: Path | Mapping[str, str | bytes] | None, *, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the handout's public tests as a student would: the handout, with ``files`` copied over it.
+
+    ``files`` None runs them against the untouched handout. Returns the finished pytest process (output in
+    ``stdout``).
+    """
+    with tempfile.TemporaryDirectory(prefix="handout-") as directory:
+        workdir = Path(directory) / "handout"
+        shutil.copytree(Path(package_dir) / "handout", workdir, ignore=shutil.ignore_patterns("__pycache__"))
+        if files is not None:
+            _write_submission(workdir, files)
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "--no-header", "."],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )

@@ -116,7 +116,7 @@ def test_runner_files_and_argv(warmup_package):
             "'softmax_renamed' has no @suite.test in tests.py",
         ),
         ('metric = "softmax_ms"', 'metric = "softmax_us"', "'softmax_us' has no @suite.benchmark"),
-        ('unit = "ms"', 'unit = "us"', "leaderboard.unit is 'us' but the benchmark reports 'ms'"),
+        ('unit = "ms"', 'unit = "us"', "leaderboard.unit is 'us' but tests.py reports softmax_ms in 'ms'"),
         ('queue = "cpu"', 'queue = "cpu"\ndue_at = 2025-10-01T23:59:00', "due_at must include a UTC offset"),
         ('queue = "cpu"', 'queue = "cpu"\ndue_at = 2025-10-01', "due_at must be a date-time"),
         ("[limits]", "[limits\n", "not valid TOML"),
