@@ -520,7 +520,7 @@ class _Session:
         *,
         expected: Any = None,
         check_inputs: bool = False,
-        grad: tuple[tuple[list, torch.Tensor], Any] | None = None,
+        grad: tuple[tuple[tuple[list, torch.Tensor], ...], Any] | None = None,
     ) -> CallResult:
         """Call the student's ``fn``; ``expected`` (if known) sizes the cap on what may come back.
 

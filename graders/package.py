@@ -16,6 +16,7 @@ import math
 import re
 import tarfile
 import tomllib
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -57,6 +58,16 @@ class TestSpec:
 
 
 @dataclass(frozen=True)
+class RubricCriterion:
+    """One criterion of a staff-graded (``grading = "manual"``) assignment."""
+
+    name: str
+    title: str
+    points: float
+    description: str
+
+
+@dataclass(frozen=True)
 class LeaderboardSpec:
     metric: str
     direction: Literal["asc", "desc"]  # asc: smaller is better (times); desc: larger is better
@@ -72,7 +83,7 @@ class AssignmentPackage:
     version: str
     summary: str
     readme: str  # the handout README (Markdown)
-    queue: Literal["cpu", "gpu"]
+    queue: Literal["cpu", "gpu", "manual"]  # "manual": staff grade it; nothing is enqueued
     tests: tuple[TestSpec, ...]
     module: str  # the student module, e.g. "warmup"
     functions: tuple[str, ...]  # the interface students implement
@@ -91,9 +102,14 @@ class AssignmentPackage:
     static_check: StaticCheckSpec = field(default_factory=StaticCheckSpec)
     # Cap on the tensor elements one result may carry; None: a multiple of the call's own tensors (see harness).
     max_tensor_elements: int | None = None
+    grading: Literal["auto", "manual"] = "auto"
+    rubric: tuple[RubricCriterion, ...] = ()  # manual grading only
+    required_files: tuple[str, ...] = ()  # upload paths every submission must contain
 
     @property
     def points(self) -> float:
+        if self.grading == "manual":
+            return round(sum(criterion.points for criterion in self.rubric), 6)
         return round(sum(test.weight for test in self.tests), 6)
 
     def accepts_file(self, relative_path: str) -> bool:
@@ -103,7 +119,20 @@ class AssignmentPackage:
 
 # -- parsing -------------------------------------------------------------------------------------------------
 
+_MANUAL_TOP_KEYS = {
+    "slug",
+    "title",
+    "version",
+    "summary",
+    "grading",
+    "points",
+    "due_at",
+    "submission",
+    "rubric",
+}
+_RUBRIC_KEYS = {"name", "title", "points", "description"}
 _TOP_KEYS = {
+    "grading",
     "slug",
     "title",
     "version",
@@ -119,7 +148,7 @@ _TOP_KEYS = {
     "static_check",
 }
 _INTERFACE_KEYS = {"module", "functions"}
-_SUBMISSION_KEYS = {"allowed_files", "max_files", "max_upload_bytes", "max_file_bytes"}
+_SUBMISSION_KEYS = {"allowed_files", "max_files", "max_upload_bytes", "max_file_bytes", "required_files"}
 _LIMIT_KEYS = {
     "time_limit_s",
     "call_timeout_s",
@@ -325,7 +354,11 @@ def load_package(path: Path) -> AssignmentPackage:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PackageError(f"{source}: not valid TOML: {exc}") from None
 
+    if raw.get("grading") == "manual":
+        return _load_manual(path, source, raw)
     top = _Reader(source, raw, "", _TOP_KEYS)
+    if top.choice("grading", ("auto", "manual"), "auto") != "auto":
+        raise AssertionError("unreachable: manual packages are loaded above")
     interface = top.table_of("interface", _INTERFACE_KEYS)
     submission = top.table_of("submission", _SUBMISSION_KEYS)
     limits = top.table_of("limits", _LIMIT_KEYS)
@@ -374,8 +407,80 @@ def load_package(path: Path) -> AssignmentPackage:
         startup_timeout_s=limits.positive("startup_timeout_s", 60.0),
         static_check=_parse_static_check(static_check, functions),
         max_tensor_elements=limits.optional_integer("max_tensor_elements"),
+        required_files=_parse_required_files(submission, allowed_files),
     )
     _check_consistency(package, top, limits, submission)
+    return package
+
+
+def _parse_required_files(submission: _Reader, allowed_files: tuple[str, ...]) -> tuple[str, ...]:
+    if "required_files" not in submission.table:
+        return ()
+    required = submission.string_list("required_files")
+    for name in required:
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed_files):
+            raise submission.error("required_files", f"entry {name!r} is not accepted by allowed_files")
+    return required
+
+
+def _load_manual(path: Path, source: Path, raw: dict[str, Any]) -> AssignmentPackage:
+    """A staff-graded package: a handout README, what may be uploaded, and the rubric. No tests, no sandbox."""
+    top = _Reader(source, raw, "", _MANUAL_TOP_KEYS)
+    submission = top.table_of("submission", _SUBMISSION_KEYS)
+    assert submission is not None
+    rubric_tables = raw.get("rubric")
+    if not isinstance(rubric_tables, list) or not rubric_tables:
+        raise PackageError(
+            f"{source}: a manually graded package needs a non-empty array of [[rubric]] tables"
+        )
+    rubric: list[RubricCriterion] = []
+    for index, table in enumerate(rubric_tables):
+        if not isinstance(table, dict):
+            raise PackageError(f"{source}: rubric[{index}] must be a [[rubric]] table")
+        reader = _Reader(source, table, f"rubric[{index}].", _RUBRIC_KEYS)
+        name = reader.string("name", pattern=_TEST_NAME)
+        reader.prefix = f"rubric[{index}] ({name})."
+        rubric.append(
+            RubricCriterion(
+                name=name,
+                title=reader.string("title"),
+                points=reader.positive("points"),
+                description=reader.text("description"),
+            )
+        )
+    names = [criterion.name for criterion in rubric]
+    if len(set(names)) != len(names):
+        raise PackageError(f"{source}: a rubric criterion name is used twice")
+    allowed_files = _parse_allowed_files(submission)
+    package = AssignmentPackage(
+        path=path,
+        slug=top.string("slug", pattern=_SLUG),
+        title=top.string("title"),
+        version=top.string("version", pattern=_VERSION),
+        summary=top.text("summary"),
+        readme=_read_readme(path),
+        queue="manual",
+        tests=(),
+        module="",
+        functions=(),
+        allowed_files=allowed_files,
+        max_files=submission.integer("max_files"),
+        max_upload_bytes=submission.integer("max_upload_bytes"),
+        max_file_bytes=submission.integer("max_file_bytes"),
+        time_limit_s=0.0,
+        call_timeout_s=0.0,
+        memory_mb=0,
+        max_processes=0,
+        leaderboard=None,
+        due_at=_parse_due_at(top),
+        grading="manual",
+        rubric=tuple(rubric),
+        required_files=_parse_required_files(submission, allowed_files),
+    )
+    if "points" in top.table:
+        points = top.positive("points")
+        if not math.isclose(points, package.points, abs_tol=1e-9):
+            raise top.error("points", f"is {points:g} but the rubric's points sum to {package.points:g}")
     return package
 
 
@@ -499,6 +604,34 @@ def extract_bundle(data: bytes, dest: Path) -> Path:
     if top is None:
         raise PackageError("the bundle is empty")
     return root / top
+
+
+def handout_zip(data: bytes, name: str) -> bytes:
+    """The ``handout/`` directory of a bundle as a zip whose entries sit under ``name/``: what students download.
+
+    Deterministic (sorted entries, fixed timestamps), so the same bundle always gives the same bytes.
+    """
+    zipped = io.BytesIO()
+    try:
+        with (
+            tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive,
+            zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as handout,
+        ):
+            files = []
+            for member in _checked_members(archive):
+                parts = PurePosixPath(member.name).parts
+                if len(parts) > 2 and parts[1] == "handout" and member.isfile():
+                    files.append((PurePosixPath(name, *parts[2:]).as_posix(), member))
+            for entry_name, member in sorted(files, key=lambda item: item[0]):
+                source = archive.extractfile(member)
+                assert source is not None
+                info = zipfile.ZipInfo(entry_name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                handout.writestr(info, source.read())
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise PackageError(f"the bundle is not a valid .tar.gz: {exc}") from None
+    return zipped.getvalue()
 
 
 def _checked_members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:

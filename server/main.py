@@ -17,6 +17,7 @@ from server.db import get_session_factory
 from server.errors import DomainError
 from server.health import router as health_router
 from server.leaderboard.router import router as leaderboard_router
+from server.rubrics.router import router as rubrics_router
 from server.settings import Settings, get_settings
 from server.submissions.router import router as submissions_router
 from server.submissions.sweeper import SweeperThread
@@ -118,7 +119,14 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
         # The web pages come with the front end; until then the interactive API documentation is the page.
         return RedirectResponse("/docs")
 
-    for router in (health_router, auth_router, assignments_router, submissions_router, leaderboard_router):
+    for router in (
+        health_router,
+        auth_router,
+        assignments_router,
+        submissions_router,
+        rubrics_router,
+        leaderboard_router,
+    ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, limit=settings.uploads.max_request_bytes)
     return app

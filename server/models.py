@@ -5,6 +5,7 @@ from server.audit.models import AuditEvent
 from server.auth.models import ApiToken, BrowserSession, User
 from server.courses.models import Course, Enrollment, Role
 from server.db import Base
+from server.rubrics.models import RubricScore
 from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "GraderBundle",
     "GradingRun",
     "Role",
+    "RubricScore",
     "Submission",
     "SubmissionStatus",
     "User",

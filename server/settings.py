@@ -53,7 +53,9 @@ class SandboxSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     concurrency: int = 1
-    queues: str = "cpu"
+    # Both by default, so one machine grades every assignment (tests that need a GPU say so where there is
+    # none); production runs one worker per resource class (docker-compose.yml).
+    queues: str = "cpu,gpu"
     # A running grading renews its lease every third of this; a worker that dies stops renewing and the
     # sweeper hands the submission to another worker once the lease has expired.
     lease_seconds: float = 60.0

@@ -156,7 +156,11 @@ def build_world(settings: Settings) -> World:
 
     migrate.upgrade()
     with db.get_session_factory()() as session:
-        bootstrap(session=session, settings=settings, packages=[REPO / "graders" / "warmup"])
+        bootstrap(
+            session=session,
+            settings=settings,
+            packages=[REPO / "graders" / "warmup", REPO / "graders" / "project"],
+        )
     client = TestClient(create_app(settings, run_sweeper=False))
     world = World(settings, client, settings.course_slug, *([None] * 5))  # type: ignore[arg-type]
     world.instructor = world.account("prof", "instructor")

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from server.assignments import service
@@ -19,6 +20,14 @@ class TestInfo(BaseModel):
     name: str
     weight: float
     visibility: str
+    description: str
+    requires: str = "any"  # "gpu": graded only on a worker with a GPU
+
+
+class CriterionInfo(BaseModel):
+    name: str
+    title: str
+    points: float
     description: str
 
 
@@ -42,12 +51,16 @@ class AssignmentOut(BaseModel):
     bundle_version: str
     bundle_sha256: str
     your_role: str
+    grading: str  # "auto" (tests in a sandbox) or "manual" (staff grade by rubric)
+    required_files: list[str]
+    handout_url: str
 
 
 class AssignmentDetailOut(AssignmentOut):
     readme: str
     functions: list[str]
     tests: list[TestInfo]
+    rubric: list[CriterionInfo]
 
 
 def assignment_out(access: AssignmentAccess) -> dict[str, Any]:
@@ -74,6 +87,9 @@ def assignment_out(access: AssignmentAccess) -> dict[str, Any]:
         "bundle_version": assignment.bundle.version,
         "bundle_sha256": assignment.bundle.sha256,
         "your_role": access.role.value,
+        "grading": manifest.get("grading", "auto"),
+        "required_files": manifest.get("required_files", []),
+        "handout_url": f"/api/courses/{assignment.course.slug}/assignments/{assignment.slug}/handout.zip",
     }
 
 
@@ -96,4 +112,20 @@ def get_assignment(course: str, slug: str, session: SessionDep, user: CurrentUse
             test if access.is_staff or test["visibility"] == "visible" else {**test, "description": ""}
             for test in manifest["tests"]
         ],
+        "rubric": manifest.get("rubric", []),
     }
+
+
+@router.get("/courses/{course}/assignments/{slug}/handout.zip")
+def download_handout(course: str, slug: str, session: SessionDep, user: CurrentUser) -> Response:
+    """The handout (starter code, public tests, README) of the assignment's current bundle, as a zip."""
+    access = service.get_for_user(session=session, user=user, course_slug=course, slug=slug)
+    data = service.handout_archive(access.assignment)
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={
+            "content-disposition": f'attachment; filename="{slug}-handout.zip"',
+            "cache-control": "private, max-age=60",
+        },
+    )

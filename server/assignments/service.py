@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from graders.package import AssignmentPackage, PackageError, build_bundle, load_package
+from graders.package import AssignmentPackage, PackageError, build_bundle, handout_zip, load_package
 from server.assignments.models import Assignment, GraderBundle
 from server.audit import service as audit
 from server.auth.models import User
@@ -33,7 +33,13 @@ def manifest_of(package: AssignmentPackage) -> dict[str, Any]:
         "module": package.module,
         "functions": list(package.functions),
         "tests": [
-            {"name": t.name, "weight": t.weight, "visibility": t.visibility, "description": t.description}
+            {
+                "name": t.name,
+                "weight": t.weight,
+                "visibility": t.visibility,
+                "description": t.description,
+                "requires": t.requires,
+            }
             for t in package.tests
         ],
         "allowed_files": list(package.allowed_files),
@@ -55,6 +61,17 @@ def manifest_of(package: AssignmentPackage) -> dict[str, Any]:
             else None
         ),
         "due_at": package.due_at.isoformat() if package.due_at else None,
+        "grading": package.grading,
+        "required_files": list(package.required_files),
+        "rubric": [
+            {
+                "name": criterion.name,
+                "title": criterion.title,
+                "points": criterion.points,
+                "description": criterion.description,
+            }
+            for criterion in package.rubric
+        ],
     }
 
 
@@ -180,3 +197,11 @@ def submission_window_error(assignment: Assignment) -> str | None:
     if assignment.closes_at is not None and now >= assignment.closes_at:
         return f"This assignment closed at {assignment.closes_at:%Y-%m-%d %H:%M} UTC."
     return None
+
+
+def handout_archive(assignment: Assignment) -> bytes:
+    """The zip students download: the handout of the bundle the assignment is graded with now."""
+    try:
+        return handout_zip(assignment.bundle.data, assignment.slug)
+    except PackageError as exc:
+        raise NotFound(f"The handout of {assignment.slug} cannot be read: {exc}") from exc

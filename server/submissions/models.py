@@ -34,10 +34,17 @@ class SubmissionStatus(enum.StrEnum):
         "failed"  # the student's code could not be graded (import error, crash, time limit): reason shown
     )
     error = "error"  # infrastructure fault after every retry; staff must look
+    received = "received"  # a manually graded assignment's upload, waiting for the staff's rubric scores
 
     @property
     def finished(self) -> bool:
-        return self in (SubmissionStatus.graded, SubmissionStatus.failed, SubmissionStatus.error)
+        """Nothing more happens to it without a person: no worker will pick it up."""
+        return self in (
+            SubmissionStatus.graded,
+            SubmissionStatus.failed,
+            SubmissionStatus.error,
+            SubmissionStatus.received,
+        )
 
 
 class Blob(Base):

@@ -146,6 +146,8 @@ async def submit(
         return submission
 
     submission = await run_in_threadpool(create_and_commit)
+    if service.is_manual(manifest):
+        return submission_out(session, submission)
     # Enqueued only after the commit: a worker never sees a task for a row it cannot read. If the broker is
     # down the row stays 'queued' and the sweeper sends it later.
     await run_in_threadpool(
@@ -302,6 +304,8 @@ def regrade(submission_id: int, session: SessionDep, user: CurrentUser) -> dict[
     submission, staff = service.visible_submission(session=session, user=user, submission_id=submission_id)
     if not staff:
         raise Forbidden("Only the course's TAs and instructors can regrade.")
+    if service.is_manual(submission.assignment.bundle.manifest):
+        raise Conflict("This assignment is graded by rubric, not by a worker.", code="manual_grading")
     if not service.requeue(session=session, submission=submission):
         raise Conflict("This submission is still queued or running.", code="not_finished")
     audit.record(

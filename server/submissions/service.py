@@ -41,6 +41,7 @@ def create(
         files = archive.collect_upload(parts, policy)
     except archive.ArchiveError as exc:
         raise BadRequest(str(exc), code=exc.code) from exc
+    _check_contents(files, manifest)
     data = archive.pack(files)
     sha256 = archive.sha256_hex(data)
     if session.get(Blob, sha256) is None:
@@ -56,9 +57,32 @@ def create(
         queued_at=utcnow(),
         enqueued_at=utcnow(),
     )
+    if is_manual(manifest):
+        submission.status = SubmissionStatus.received
+        submission.enqueued_at = None
+        submission.max_score = float(manifest["points"])
+        submission.status_message = "Received. The course staff grade it by rubric after the deadline."
     session.add(submission)
     session.flush()
     return submission
+
+
+def is_manual(manifest: dict[str, Any]) -> bool:
+    """Whether the assignment is graded by the staff with a rubric rather than by a worker."""
+    return manifest.get("grading") == "manual"
+
+
+def _check_contents(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """Files every submission must have, and files that must be what their name says."""
+    missing = [name for name in manifest.get("required_files") or [] if name not in files]
+    if missing:
+        raise BadRequest(
+            f"The upload is missing {', '.join(missing)}, which this assignment requires.",
+            code="missing_files",
+        )
+    for name, data in files.items():
+        if name.lower().endswith(".pdf") and not data.startswith(b"%PDF-"):
+            raise BadRequest(f"{name} is not a PDF file (it does not start with %PDF-).", code="not_a_pdf")
 
 
 def visible_submission(*, session: Session, user: User, submission_id: int) -> tuple[Submission, bool]:

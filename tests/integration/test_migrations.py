@@ -24,6 +24,7 @@ EXPECTED_TABLES = {
     "submissions",
     "grading_runs",
     "audit_events",
+    "rubric_scores",
     "alembic_version",
 }
 
