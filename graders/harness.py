@@ -166,9 +166,11 @@ class Case:
     fn: str
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    expected: torch.Tensor | None = None
+    expected: Any = None  # a tensor, or any value the protocol carries (lists, dicts, bytes, ...)
     rtol: float | None = None
     atol: float | None = None
+    # check(ctx, output, expected) replaces the default comparison (check_matches), e.g. for per-leaf tolerances.
+    check: Callable[[Context, Any, Any], None] | None = None
 
 
 TestFunction = Callable[["Context"], None]
@@ -337,6 +339,12 @@ def _type_name(obj: object) -> str:
     cls = type(obj)
     module = getattr(cls, "__module__", "")
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)}"
+    return f"a {_type_name(value)}"
 
 
 def _format_index(flat_index: int, shape: torch.Size) -> str:
@@ -1017,6 +1025,53 @@ class Context:
             shown = f": expected {expected!r}, got {actual!r}" if self.visible else ""
             raise TestFailure(f"{what} is not the expected value{shown}")
 
+    def check_matches(
+        self,
+        actual: Any,
+        expected: Any,
+        *,
+        rtol: float | None = None,
+        atol: float | None = None,
+        what: str = "the output",
+    ) -> None:
+        """Compare nested values: floating tensors with ``check_close``, the rest exactly; lists and tuples
+        element by element (a tuple arrives as a list), dicts key by key. Failures name the place, e.g.
+        ``the output of f[1]['wq']``."""
+        if isinstance(expected, torch.Tensor):
+            if expected.is_floating_point():
+                self.check_close(actual, expected, rtol=rtol, atol=atol, what=what)
+            else:
+                self.check_equal(actual, expected, what=what)
+        elif isinstance(expected, list | tuple):
+            if not isinstance(actual, list | tuple) or len(actual) != len(expected):
+                raise TestFailure(
+                    f"{what} is not a list of {len(expected)} items (got {_describe_value(actual)})"
+                )
+            for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
+                self.check_matches(got, want, rtol=rtol, atol=atol, what=f"{what}[{index}]")
+        elif isinstance(expected, dict):
+            if not isinstance(actual, dict):
+                raise TestFailure(f"{what} is a {_type_name(actual)}, expected a dict")
+            missing = [key for key in expected if key not in actual]
+            extra = [key for key in actual if key not in expected]
+            if missing or extra:
+                parts = ([f"missing {', '.join(map(repr, missing[:5]))}"] if missing else []) + (
+                    [f"unexpected {', '.join(map(repr, extra[:5]))}"] if extra else []
+                )
+                raise TestFailure(f"{what} does not have the expected keys: {'; '.join(parts)}")
+            for key, want in expected.items():
+                self.check_matches(actual[key], want, rtol=rtol, atol=atol, what=f"{what}[{key!r}]")
+        elif isinstance(expected, float) and isinstance(actual, int | float) and not isinstance(actual, bool):
+            self.check_close(
+                torch.tensor(float(actual), dtype=torch.float64),
+                torch.tensor(expected, dtype=torch.float64),
+                rtol=rtol,
+                atol=atol,
+                what=what,
+            )
+        else:
+            self.check_equal(actual, expected, what=what)
+
     def check_not_mutated(self, result: CallResult, fn: str) -> None:
         """Fail if the call changed any of its input tensors in place."""
         if result.mutated:
@@ -1276,8 +1331,10 @@ def _expected_of(case: Case, reference_output: Any) -> Any:
 
 
 def _check_output(ctx: Context, case: Case, expected: Any, result: CallResult) -> None:
-    if isinstance(expected, torch.Tensor):
-        ctx.check_close(
+    if case.check is not None:
+        case.check(ctx, result.value, expected)
+    elif expected is not None:
+        ctx.check_matches(
             result.value, expected, rtol=case.rtol, atol=case.atol, what=f"the output of {case.fn}"
         )
 

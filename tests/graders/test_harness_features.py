@@ -232,3 +232,54 @@ def test_byte_strings_cross_the_protocol_both_ways():
         pack_value({"$bytes": "AA=="})
     with pytest.raises(ProtocolError, match="malformed byte string"):
         unpack_value({"$bytes": "not base64!"}, {})
+
+
+def _context(package_dir: Path, *, visible: bool):
+    import io
+
+    from graders.harness import Context, _Session
+    from graders.package import load_package
+    from graders.protocol import Channel
+
+    session = _Session(load_package(package_dir), Channel(io.BytesIO(), io.BytesIO()), 7)
+    return Context(session, "case", visible=visible)
+
+
+@pytest.mark.parametrize(
+    ("actual", "complaint"),
+    [
+        ([torch.ones(2), {"wq": torch.zeros(3)}], r"the output\[1\]\['wq'\] does not match"),
+        ([torch.ones(2), {}], r"the output\[1\] does not have the expected keys: missing 'wq'"),
+        ([torch.ones(2)], r"the output is not a list of 2 items \(got a list of 1\)"),
+        ([torch.ones(2, dtype=torch.int64), {"wq": torch.ones(3)}], r"the output\[0\] has dtype torch.int64"),
+    ],
+    ids=["nested-value", "missing-key", "length", "dtype"],
+)
+def test_check_matches_names_the_place_of_a_nested_difference(package_dir, actual, complaint):
+    from graders.harness import TestFailure
+
+    ctx = _context(package_dir, visible=False)
+    with pytest.raises(TestFailure, match=complaint):
+        ctx.check_matches(actual, (torch.ones(2), {"wq": torch.ones(3)}))
+
+
+def test_check_matches_compares_bytes_exactly_and_floats_with_tolerance(package_dir):
+    from graders.harness import TestFailure
+
+    ctx = _context(package_dir, visible=False)
+    ctx.check_matches([b"ab", 1.0 + 1e-9, 3], [b"ab", 1.0, 3])
+    with pytest.raises(TestFailure, match=r"the output\[0\] is not the expected value$"):
+        ctx.check_matches([b"ac"], [b"ab"])
+
+
+def test_a_timed_output_is_checked_however_nested(package_dir):
+    from graders.harness import CallResult, Case, TestFailure, _check_output
+
+    ctx = _context(package_dir, visible=False)
+    case = Case("f", expected=None)
+    expected = [torch.ones(2), {"grad": torch.ones(2)}]
+    good = CallResult([torch.ones(2), {"grad": torch.ones(2)}], (), 0.0, None)
+    bad = CallResult([torch.ones(2), {"grad": torch.zeros(2)}], (), 0.0, None)
+    _check_output(ctx, case, expected, good)
+    with pytest.raises(TestFailure, match=r"the output of f\[1\]\['grad'\]"):
+        _check_output(ctx, case, expected, bad)
