@@ -1,12 +1,12 @@
 """Every table, imported in one place for Alembic and for relationship resolution."""
 
-from server.assignments.models import Assignment, GraderBundle
+from server.assignments.models import Assignment, Extension, GraderBundle, RateBucket, SimilarityReport
 from server.audit.models import AuditEvent
 from server.auth.models import ApiToken, BrowserSession, User
 from server.courses.models import Course, Enrollment, Role
 from server.db import Base
 from server.rubrics.models import RubricScore
-from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
+from server.submissions.models import Blob, GradingRun, ScoreOverride, Submission, SubmissionStatus
 
 __all__ = [
     "ApiToken",
@@ -17,10 +17,14 @@ __all__ = [
     "BrowserSession",
     "Course",
     "Enrollment",
+    "Extension",
     "GraderBundle",
     "GradingRun",
+    "RateBucket",
     "Role",
     "RubricScore",
+    "ScoreOverride",
+    "SimilarityReport",
     "Submission",
     "SubmissionStatus",
     "User",

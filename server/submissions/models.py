@@ -90,6 +90,11 @@ class Submission(Base):
     max_score: Mapped[float | None] = mapped_column(Float)
     # Plain-language reason shown to the student when the status is failed or error.
     status_message: Mapped[str | None] = mapped_column(Text)
+    # Queue lane: 0 students' submissions, 1 staff regrades, 2 leaderboard re-measurements. A worker takes
+    # the lowest lane first, and within a lane the student served least recently.
+    lane: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set when the student marks this submission as the one that counts (assignments counting "final").
+    marked_final_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     assignment: Mapped[Assignment] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")
@@ -134,6 +139,27 @@ class GradingRun(Base):
     seed: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Why the run was made: "grade" (the submission), "regrade" (staff) or "remeasure" (leaderboard, new seed).
+    purpose: Mapped[str] = mapped_column(String(16), default="grade", server_default="grade")
+    # Staff may hide a run from the leaderboard (it stays in history): the reason, and who did it.
+    hidden_reason: Mapped[str | None] = mapped_column(Text)
+    hidden_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     submission: Mapped[Submission] = relationship(back_populates="runs")
     bundle: Mapped[GraderBundle] = relationship(lazy="select")
+
+
+class ScoreOverride(Base):
+    """A staff-set score for one submission: it replaces the computed score and survives every regrade."""
+
+    __tablename__ = "score_overrides"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"), unique=True)
+    score: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    created_by: Mapped[User | None] = relationship(lazy="joined")

@@ -25,6 +25,10 @@ EXPECTED_TABLES = {
     "grading_runs",
     "audit_events",
     "rubric_scores",
+    "extensions",
+    "rate_buckets",
+    "similarity_reports",
+    "score_overrides",
     "alembic_version",
 }
 
