@@ -17,6 +17,7 @@ from server.db import get_session_factory
 from server.errors import DomainError
 from server.health import router as health_router
 from server.leaderboard.router import router as leaderboard_router
+from server.policy.router import router as policy_router
 from server.rubrics.router import router as rubrics_router
 from server.settings import Settings, get_settings
 from server.submissions.router import router as submissions_router
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
         assignments_router,
         submissions_router,
         rubrics_router,
+        policy_router,
         leaderboard_router,
     ):
         app.include_router(router)

@@ -78,6 +78,8 @@ class Submission(Base):
     # Incremented by each claim; a result is recorded only by the holder of the current attempt.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128))
+    # When the student submitted: what deadlines are judged by. Never changes (queued_at does, on a regrade).
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -16,6 +16,7 @@ from server.auth.models import User
 from server.courses import service as courses
 from server.db import utcnow
 from server.errors import BadRequest, Conflict, NotFound
+from server.policy import service as policy
 from server.submissions import archive
 from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
 
@@ -35,12 +36,14 @@ def create(
         reason = assignments.submission_window_error(assignment)
         if reason:
             raise Conflict(reason, code="not_accepting")
+        _check_deadline(session=session, user=user, assignment=assignment)
     manifest = assignment.bundle.manifest
     policy = assignments.upload_policy(manifest, max_request_bytes=max_request_bytes, max_files=max_files)
     try:
         files = archive.collect_upload(parts, policy)
     except archive.ArchiveError as exc:
         raise BadRequest(str(exc), code=exc.code) from exc
+    now = utcnow()
     _check_contents(files, manifest)
     data = archive.pack(files)
     sha256 = archive.sha256_hex(data)
@@ -54,8 +57,9 @@ def create(
         bundle_id=assignment.bundle_id,
         queue=assignment.queue,
         status=SubmissionStatus.queued,
-        queued_at=utcnow(),
-        enqueued_at=utcnow(),
+        submitted_at=now,
+        queued_at=now,
+        enqueued_at=now,
     )
     if is_manual(manifest):
         submission.status = SubmissionStatus.received
@@ -232,3 +236,16 @@ def requeue(*, session: Session, submission: Submission) -> bool:
     )
     session.refresh(submission)
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _check_deadline(*, session: Session, user: User, assignment: Assignment) -> None:
+    """Refuse a submission that could no longer count under the late policy (the student's own deadline)."""
+    grade = policy.student_grade(session=session, assignment=assignment, user=user)
+    if grade.accepting_until is not None and utcnow() > grade.accepting_until:
+        late_rule = policy.policy_of(assignment).describe()
+        deadline = policy.local_text(grade.deadline, assignment.course)
+        until = policy.local_text(grade.accepting_until, assignment.course)
+        raise Conflict(
+            f"Your deadline was {deadline}; submissions stopped counting at {until}. {late_rule}",
+            code="past_deadline",
+        )

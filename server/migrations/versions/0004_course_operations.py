@@ -163,10 +163,16 @@ def upgrade() -> None:
     with op.batch_alter_table("submissions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lane", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("marked_final_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True))
+    # Until now queued_at was the submission time (a regrade re-queues, so it is the best estimate there is).
+    op.execute("UPDATE submissions SET submitted_at = queued_at")
+    with op.batch_alter_table("submissions", schema=None) as batch_op:
+        batch_op.alter_column("submitted_at", existing_type=sa.DateTime(timezone=True), nullable=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("submissions", schema=None) as batch_op:
+        batch_op.drop_column("submitted_at")
         batch_op.drop_column("marked_final_at")
         batch_op.drop_column("lane")
 

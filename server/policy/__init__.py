@@ -1,0 +1,1 @@
+"""Course rules that turn runs into grades: deadlines, late policy, extensions, which submission counts."""
