@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -261,7 +261,7 @@ def settings_out(assignment: Assignment) -> dict[str, Any]:
 def _aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and (value.tzinfo is None or value.utcoffset() is None):
         raise BadRequest(f"{name} needs a UTC offset, e.g. 2027-03-21T23:59:00+08:00.", code="naive_datetime")
-    return value
+    return value.astimezone(UTC) if value is not None else None
 
 
 @router.get("/courses/{course}/assignments/{slug}/settings", response_model=AssignmentSettingsOut)
