@@ -139,6 +139,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("remeasure_top_n", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("remeasured_at", sa.DateTime(timezone=True), nullable=True))
 
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("language", sa.String(length=8), nullable=True))
+
     with op.batch_alter_table("courses", schema=None) as batch_op:
         batch_op.add_column(sa.Column("late_days_budget", sa.Integer(), server_default="0", nullable=False))
 
@@ -188,6 +191,9 @@ def downgrade() -> None:
 
     with op.batch_alter_table("courses", schema=None) as batch_op:
         batch_op.drop_column("late_days_budget")
+
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("language")
 
     with op.batch_alter_table("assignments", schema=None) as batch_op:
         batch_op.drop_column("remeasured_at")
