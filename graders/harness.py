@@ -1062,6 +1062,8 @@ class Context:
             for key, want in expected.items():
                 self.check_matches(actual[key], want, rtol=rtol, atol=atol, what=f"{what}[{key!r}]")
         elif isinstance(expected, float) and isinstance(actual, int | float) and not isinstance(actual, bool):
+            if isinstance(actual, int) and abs(actual) > 2**53:
+                raise TestFailure(f"{what} is an integer too large to be the expected number")
             self.check_close(
                 torch.tensor(float(actual), dtype=torch.float64),
                 torch.tensor(expected, dtype=torch.float64),

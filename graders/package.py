@@ -506,8 +506,11 @@ def _check_consistency(
     ):
         raise submission.error("allowed_files", f"does not accept the module file {package.module}.py")
     starter = package.path / "handout" / f"{package.module}.py"
-    if not starter.is_file():
-        raise PackageError(f"{starter}: file not found (the handout needs the starter module)")
+    if not (starter.is_file() or (package.path / "handout" / package.module / "__init__.py").is_file()):
+        raise PackageError(
+            f"{starter}: file not found (the handout needs the starter module, {package.module}.py or "
+            f"{package.module}/__init__.py)"
+        )
 
     try:
         suite = load_suite(package.path)

@@ -270,6 +270,8 @@ def test_check_matches_compares_bytes_exactly_and_floats_with_tolerance(package_
     ctx.check_matches([b"ab", 1.0 + 1e-9, 3], [b"ab", 1.0, 3])
     with pytest.raises(TestFailure, match=r"the output\[0\] is not the expected value$"):
         ctx.check_matches([b"ac"], [b"ab"])
+    with pytest.raises(TestFailure, match="an integer too large"):
+        ctx.check_matches(10**400, 1.0)
 
 
 def test_a_timed_output_is_checked_however_nested(package_dir):
