@@ -1,4 +1,4 @@
-"""Page text in Chinese and English: one JSON catalog per language in frontend/i18n, chosen per user.
+"""Page text in Chinese and English: JSON catalogs per language in frontend/i18n/<language>/, chosen per user.
 
 The language is the user's saved choice, else the ``ag_lang`` cookie (set by the language switch before login),
 else the browser's Accept-Language, else English. Templates call ``t("key", name=value)``; a key missing from a
@@ -26,11 +26,18 @@ Translate = Callable[..., str]
 
 @cache
 def catalog(language: str) -> dict[str, str]:
-    with open(CATALOG_DIR / f"{language}.json", encoding="utf-8") as handle:
-        data = json.load(handle)
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f"{language}.json must map keys to strings")
-    return data
+    """Every ``frontend/i18n/<language>/*.json`` file merged (one file per area of the site)."""
+    merged: dict[str, str] = {}
+    for path in sorted((CATALOG_DIR / language).glob("*.json")):
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ValueError(f"{path} must map keys to strings")
+        clash = sorted(set(data) & set(merged))
+        if clash:
+            raise ValueError(f"{path}: key {clash[0]!r} is already defined in another catalog file")
+        merged.update(data)
+    return merged
 
 
 def _from_accept_language(header: str) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from server.auth.models import ApiToken, User
-from server.pages.i18n import CATALOG_DIR
+from server.pages.i18n import CATALOG_DIR, catalog
 from server.pages.render import TEMPLATE_DIR
 from tests.conftest import World
 from tests.pages.conftest import csrf_of, log_in
@@ -129,10 +129,12 @@ def test_static_assets_are_served_locally_with_versioned_urls(browser):
 
 
 def test_both_catalogs_have_the_same_keys_and_every_template_key_exists():
-    catalogs = {
-        path.stem: json.loads(path.read_text(encoding="utf-8")) for path in Path(CATALOG_DIR).glob("*.json")
-    }
-    assert set(catalogs) == {"en", "zh"}
+    catalogs = {language: catalog(language) for language in ("en", "zh")}
+    assert sorted(path.name for path in Path(CATALOG_DIR).iterdir() if path.is_dir()) == ["en", "zh"]
+    for area in Path(CATALOG_DIR, "en").glob("*.json"):
+        chinese = Path(CATALOG_DIR, "zh", area.name)
+        english_keys = set(json.loads(area.read_text(encoding="utf-8")))
+        assert english_keys == set(json.loads(chinese.read_text(encoding="utf-8"))), area.name
     assert set(catalogs["en"]) == set(catalogs["zh"])
     used = set()
     for template in Path(TEMPLATE_DIR).rglob("*.html"):
