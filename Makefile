@@ -29,6 +29,7 @@ format: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-services.sh
+	@scripts/ensure-browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
