@@ -105,6 +105,7 @@ class AssignmentPackage:
     grading: Literal["auto", "manual"] = "auto"
     rubric: tuple[RubricCriterion, ...] = ()  # manual grading only
     required_files: tuple[str, ...] = ()  # upload paths every submission must contain
+    weight: float | None = None  # share of the course total in percent (None: not part of the total)
 
     @property
     def points(self) -> float:
@@ -127,12 +128,14 @@ _MANUAL_TOP_KEYS = {
     "grading",
     "points",
     "due_at",
+    "weight",
     "submission",
     "rubric",
 }
 _RUBRIC_KEYS = {"name", "title", "points", "description"}
 _TOP_KEYS = {
     "grading",
+    "weight",
     "slug",
     "title",
     "version",
@@ -408,9 +411,19 @@ def load_package(path: Path) -> AssignmentPackage:
         static_check=_parse_static_check(static_check, functions),
         max_tensor_elements=limits.optional_integer("max_tensor_elements"),
         required_files=_parse_required_files(submission, allowed_files),
+        weight=_parse_weight(top),
     )
     _check_consistency(package, top, limits, submission)
     return package
+
+
+def _parse_weight(top: _Reader) -> float | None:
+    value = top.table.get("weight")
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 <= value <= 100:
+        raise top.error("weight", f"must be a percentage from 0 to 100, got {value!r}")
+    return float(value)
 
 
 def _parse_required_files(submission: _Reader, allowed_files: tuple[str, ...]) -> tuple[str, ...]:
@@ -476,6 +489,7 @@ def _load_manual(path: Path, source: Path, raw: dict[str, Any]) -> AssignmentPac
         grading="manual",
         rubric=tuple(rubric),
         required_files=_parse_required_files(submission, allowed_files),
+        weight=_parse_weight(top),
     )
     if "points" in top.table:
         points = top.positive("points")

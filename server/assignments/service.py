@@ -62,6 +62,7 @@ def manifest_of(package: AssignmentPackage) -> dict[str, Any]:
         ),
         "due_at": package.due_at.isoformat() if package.due_at else None,
         "grading": package.grading,
+        "weight": package.weight,
         "required_files": list(package.required_files),
         "rubric": [
             {
@@ -117,7 +118,10 @@ def publish_package(
     )
     created = assignment is None
     if assignment is None:
-        assignment = Assignment(course_id=course.id, slug=package.slug, due_at=package.due_at)
+        # Deadline and weight come from the package once; after that they are the instructor's to change.
+        assignment = Assignment(
+            course_id=course.id, slug=package.slug, due_at=package.due_at, weight=package.weight
+        )
         session.add(assignment)
     assignment.title = package.title
     assignment.summary = package.summary

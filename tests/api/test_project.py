@@ -46,6 +46,10 @@ def test_the_project_is_published_with_its_rubric_deadline_and_points(world: Wor
     assert [criterion["name"] for criterion in body["rubric"]] == list(FULL_MARKS)
     assert sum(criterion["points"] for criterion in body["rubric"]) == 100
     assert body["tests"] == [] and body["leaderboard"] is None
+    settings = world.client.get(
+        f"/api/courses/{world.course}/assignments/project/settings", headers=world.instructor.headers
+    ).json()
+    assert settings["weight"] == 20  # from the package's weight, a share of the course total
 
 
 def test_an_upload_is_received_for_staff_grading_not_queued(world: World, project_submission: int):
