@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.assignments.router import router as assignments_router
@@ -17,9 +20,13 @@ from server.db import get_session_factory
 from server.errors import DomainError
 from server.health import router as health_router
 from server.leaderboard.router import router as leaderboard_router
+from server.pages.errors import error_page, wants_page
+from server.pages.render import STATIC_DIR
+from server.pages.router import router as pages_router
 from server.policy.router import router as policy_router
 from server.rubrics.router import router as rubrics_router
 from server.settings import Settings, get_settings
+from server.similarity.router import router as similarity_router
 from server.submissions.router import router as submissions_router
 from server.submissions.sweeper import SweeperThread
 
@@ -102,8 +109,23 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
     )
 
     @app.exception_handler(DomainError)
-    async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+    async def domain_error(request: Request, exc: DomainError) -> Response:
+        if wants_page(request):
+            return await run_in_threadpool(error_page, request, exc.status_code, exc.message)
         return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if wants_page(request):
+            return await run_in_threadpool(error_page, request, exc.status_code, None)
+        return JSONResponse({"detail": exc.detail, "code": "http_error"}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        if wants_page(request):
+            return await run_in_threadpool(error_page, request, 500, None)
+        return JSONResponse({"detail": "Internal server error.", "code": "internal"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,12 +137,8 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
             {"detail": "The request is not valid: " + "; ".join(problems), "code": "invalid"}, status_code=422
         )
 
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        # The web pages come with the front end; until then the interactive API documentation is the page.
-        return RedirectResponse("/docs")
-
     for router in (
+        pages_router,
         health_router,
         auth_router,
         assignments_router,
@@ -128,7 +146,9 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
         rubrics_router,
         policy_router,
         leaderboard_router,
+        similarity_router,
     ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.uploads.max_request_bytes)
     return app

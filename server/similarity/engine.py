@@ -6,17 +6,22 @@ comments and whitespace disappear; every run of ``NOISE_TOKENS`` filtered charac
 code where they share hashes. Renaming variables, reordering functions and rewriting comments or whitespace
 therefore changes nothing, while two independent solutions share only short idioms.
 
-copydetect provides the hashing (``get_document_fingerprints``), the grouping of matched hashes into regions
-(``get_copied_slices``) and the size of each file's comparable code (``get_token_coverage``). Two of its steps
-are done here instead, because in copydetect 0.5 they are wrong in ways that matter for a report staff act on:
+copydetect provides the fingerprints (``get_document_fingerprints``: k-gram hashing and winnowing), and the
+tokenizer's filtering rules are its ``filter_code``'s. Three steps are done here instead, because in copydetect 0.5
+they are wrong in ways that matter for a report staff act on:
 
-- the filtered-to-original position map: ``filter_code`` records a wrong offset after every class name, and
+- the filtered-to-source position map: ``filter_code`` records a wrong offset after every class name, and
   Pygments drops leading blank lines and ``\\r``, so copydetect's regions drift for files with classes, Windows
   line endings or leading blank lines. ``tokenize`` keeps, for every filtered character, the exact span of the
-  source it came from (the filtered text is identical to copydetect's);
+  source it came from (its filtered text is identical to copydetect's);
 - boilerplate removal: ``get_document_fingerprints(..., boilerplate)`` calls ``np.intersect1d`` with
   ``assume_unique=True`` on non-unique hashes, which also deletes every repeated k-gram of the student's own
-  code. Here handout and common hashes are removed by plain set difference.
+  code. Here handout and common fingerprints are removed by set difference;
+- what is counted: copydetect counts every character a shared k-gram covers, so k-grams that straddle the
+  handout and a few characters of the student's code (the end of a handout docstring and the first statement
+  of the body) make two different solutions filled into the same handout look 40 % alike. Here the characters
+  that handout or common k-grams cover are set aside first, and a side's similarity is the share of its own
+  code (the rest) that shared k-grams cover.
 
 Nothing here touches the database or the disk; ``compare`` takes the sources in memory.
 """
@@ -24,9 +29,10 @@ Nothing here touches the database or the disk; ``compare`` takes the sources in 
 from __future__ import annotations
 
 import bisect
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate, combinations
 from typing import Any
@@ -50,6 +56,8 @@ MAX_STORED_PAIRS = 1000
 MAX_REGIONS_PER_PAIR = 20
 SNIPPET_LINES = 12
 SNIPPET_LINE_CHARS = 160
+# Shorter stretches of a matching region are not shown (they still count towards the similarity).
+MIN_REGION_TOKENS = 8
 # A hash that occurs many times in both files of a pair adds nothing to the region pairing after a few.
 _MAX_OCCURRENCES_PAIRED = 8
 
@@ -141,9 +149,14 @@ class _File:
     lines: list[str]
     line_starts: list[int]
     filtered: Filtered
+    # Fingerprint -> where its k-grams start (after exclusion: the kept fingerprints only).
     positions: dict[int, list[int]]
-    hashes: frozenset[int] = frozenset()
-    tokens: int = 0
+    # The kept fingerprints (sorted), and every occurrence of one as (fingerprint, start), by fingerprint.
+    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    occurrence_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    occurrence_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    masked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # handout or common code
+    tokens: int = 0  # filtered characters of the student's own code that a kept fingerprint covers
 
 
 @dataclass
@@ -156,13 +169,13 @@ class _Document:
 
 @dataclass(frozen=True)
 class _Match:
-    """How much of each side of a pair is found in the other, file pair by file pair."""
+    """How much of each side's own code is found in the other, and in which pairs of files."""
 
     left: _Document
     right: _Document
     matched_left: int
     matched_right: int
-    file_pairs: tuple[tuple[int, int, frozenset[int]], ...]
+    file_pairs: tuple[tuple[int, int, np.ndarray], ...]
 
     @property
     def similarity_left(self) -> float:
@@ -193,7 +206,7 @@ def common_threshold(students: int, requested: int | None = None) -> int:
     """How many students may share a fingerprint before it counts as common code."""
     if requested is not None:
         return requested
-    return max(DEFAULT_COMMON_STUDENTS, int(np.ceil(DEFAULT_COMMON_SHARE * students)))
+    return max(DEFAULT_COMMON_STUDENTS, math.ceil(DEFAULT_COMMON_SHARE * students))
 
 
 def compare(
@@ -201,14 +214,18 @@ def compare(
 ) -> dict[str, Any]:
     """Compare every pair of submissions by different students; the ranked pairs with their matching regions.
 
-    ``common_students``: fingerprints held by more students than this are ignored as common code.
+    A side's similarity is the share of its own code (filtered characters covered by a fingerprint that is
+    neither handout nor common code, and not inside a stretch of handout or common code) that is also in the
+    other side. ``common_students``: fingerprints held by more students than this are common code.
     """
     documents = [_fingerprint(submission) for submission in submissions]
     holders: dict[int, set[int]] = defaultdict(set)
     for document in documents:
-        for value in set().union(*(file.positions for file in document.files)):
-            holders[value].add(document.submission.user_id)
-    ignored = boilerplate | {value for value, users in holders.items() if len(users) > common_students}
+        for file in document.files:
+            for value in file.positions:
+                holders[value].add(document.submission.user_id)
+    common = {value for value, users in holders.items() if len(users) > common_students}
+    ignored = boilerplate | common
     for document in documents:
         _exclude(document, ignored)
 
@@ -226,7 +243,7 @@ def compare(
     return {
         "compared": len(documents),
         "students": len({document.submission.user_id for document in documents}),
-        "common_fingerprints_ignored": len(ignored - boilerplate),
+        "common_fingerprints_ignored": len(common - boilerplate),
         "pairs_with_overlap": len(matches),
         "truncated": len(matches) > MAX_STORED_PAIRS,
         "pairs": [_pair_out(rank, match) for rank, match in enumerate(matches[:MAX_STORED_PAIRS], start=1)],
@@ -244,15 +261,49 @@ def _fingerprint(submission: CodeSubmission) -> _Document:
 
 
 def _exclude(document: _Document, ignored: set[int]) -> None:
-    """Drop ignored fingerprints; what remains is the code this submission can share with another."""
-    from copydetect.utils import get_token_coverage
-
+    """Set aside handout and common code; what remains is the code this submission can share with another."""
     for file in document.files:
-        file.positions = {value: at for value, at in file.positions.items() if value not in ignored}
-        file.hashes = frozenset(file.positions)
-        file.tokens = int(get_token_coverage(file.positions, NOISE_TOKENS, len(file.filtered.text)))
-    document.hashes = frozenset().union(*(file.hashes for file in document.files))
+        length = len(file.filtered.text)
+        kept = {value: at for value, at in file.positions.items() if value not in ignored}
+        file.masked = _cover(
+            np.fromiter(
+                (p for value, at in file.positions.items() if value in ignored for p in at), np.int64
+            ),
+            length,
+        )
+        file.positions = kept
+        file.hashes = np.array(sorted(kept), dtype=np.int64)
+        file.occurrence_hashes = np.array(
+            [value for value in file.hashes.tolist() for _ in kept[value]], np.int64
+        )
+        file.occurrence_starts = np.array(
+            [p for value in file.hashes.tolist() for p in kept[value]], np.int64
+        )
+        file.tokens = int(np.count_nonzero(_own(file, file.occurrence_starts)))
+    document.hashes = frozenset().union(*(file.positions for file in document.files))
     document.tokens = sum(file.tokens for file in document.files)
+
+
+def _cover(starts: np.ndarray, length: int) -> np.ndarray:
+    """The filtered characters that k-grams starting at ``starts`` cover."""
+    if not starts.size:
+        return np.zeros(length, dtype=bool)
+    # +1 where a k-gram starts, -1 where it ends: a character is covered where the running sum is positive.
+    depth = np.bincount(starts, minlength=length + 1) - np.bincount(
+        starts + NOISE_TOKENS, minlength=length + 1
+    )
+    return np.cumsum(depth[:length]) > 0
+
+
+def _own(file: _File, starts: np.ndarray) -> np.ndarray:
+    """The characters of the student's own code that k-grams starting at ``starts`` cover."""
+    return _cover(starts, len(file.filtered.text)) & ~file.masked
+
+
+def _shared_starts(file: _File, shared: np.ndarray) -> np.ndarray:
+    """Where the k-grams of the file whose fingerprints are in ``shared`` (sorted) start."""
+    index = np.searchsorted(shared, file.occurrence_hashes).clip(max=len(shared) - 1)
+    return file.occurrence_starts[shared[index] == file.occurrence_hashes]
 
 
 def _candidate_pairs(documents: list[_Document]) -> list[tuple[_Document, _Document]]:
@@ -281,39 +332,30 @@ def _submission_order(document: _Document) -> tuple[datetime, int]:
 
 
 def _match(left: _Document, right: _Document) -> _Match | None:
-    matched_left: dict[int, set[int]] = defaultdict(set)
-    matched_right: dict[int, set[int]] = defaultdict(set)
+    matched_left: dict[int, np.ndarray] = {}
+    matched_right: dict[int, np.ndarray] = {}
     file_pairs = []
     for left_number, left_file in enumerate(left.files):
         for right_number, right_file in enumerate(right.files):
-            shared = left_file.hashes & right_file.hashes
-            if not shared:
+            shared = np.intersect1d(left_file.hashes, right_file.hashes, assume_unique=True)
+            if not shared.size:
                 continue
-            for value in shared:
-                matched_left[left_number].update(left_file.positions[value])
-                matched_right[right_number].update(right_file.positions[value])
+            in_left = _own(left_file, _shared_starts(left_file, shared))
+            in_right = _own(right_file, _shared_starts(right_file, shared))
+            if not in_left.any() and not in_right.any():
+                continue
+            matched_left[left_number] = matched_left.get(left_number, False) | in_left
+            matched_right[right_number] = matched_right.get(right_number, False) | in_right
             file_pairs.append((left_number, right_number, shared))
     if not file_pairs:
         return None
     return _Match(
         left,
         right,
-        sum(_covered(starts) for starts in matched_left.values()),
-        sum(_covered(starts) for starts in matched_right.values()),
+        sum(int(np.count_nonzero(covered)) for covered in matched_left.values()),
+        sum(int(np.count_nonzero(covered)) for covered in matched_right.values()),
         tuple(file_pairs),
     )
-
-
-def _slices(starts: Iterable[int]) -> np.ndarray:
-    """Matched k-gram starts grouped into ``[start, end)`` runs of filtered code: a 2 x N array."""
-    from copydetect.utils import get_copied_slices
-
-    return np.asarray(get_copied_slices(np.fromiter(starts, dtype=np.int64), NOISE_TOKENS), dtype=np.int64)
-
-
-def _covered(starts: set[int]) -> int:
-    slices = _slices(starts)
-    return int(np.sum(slices[1] - slices[0])) if slices.size else 0
 
 
 def _pair_out(rank: int, match: _Match) -> dict[str, Any]:
@@ -343,41 +385,53 @@ def _side_out(document: _Document, similarity: float, matched: int) -> dict[str,
 
 
 def _regions(match: _Match) -> list[dict[str, Any]]:
-    """Matching regions, largest first: each a run of one side's code and the run of the other it matches."""
-    regions = []
+    """Matching regions, largest first: a stretch of one side's code and the stretch of the other it matches.
+
+    Copied code shows up as a diagonal: consecutive k-grams of one file at a constant distance from their twins
+    in the other (renaming, comments and whitespace do not break it; an inserted or reordered statement starts
+    a new one). Along a diagonal both filtered texts are the same; each stretch of it that is own code on both
+    sides is a region, and the few characters of own code a k-gram picks up at the edge of handout code
+    (the ``)`` that ends the function before a handout signature) are too short to show.
+    """
+    regions: list[dict[str, Any]] = []
     for left_number, right_number, shared in match.file_pairs:
         left_file = match.left.files[left_number]
         right_file = match.right.files[right_number]
-        left_slices = _slices(p for value in shared for p in left_file.positions[value])
-        right_slices = _slices(p for value in shared for p in right_file.positions[value])
-        # Each shared hash votes for the pair of runs its occurrences fall in; a run is paired with the run of
-        # the other side that most of its hashes point to.
-        left_at: list[int] = []
-        right_at: list[int] = []
-        for value in shared:
-            for left_position in left_file.positions[value][:_MAX_OCCURRENCES_PAIRED]:
-                for right_position in right_file.positions[value][:_MAX_OCCURRENCES_PAIRED]:
-                    left_at.append(left_position)
-                    right_at.append(right_position)
-        left_runs = np.searchsorted(left_slices[0], left_at, side="right") - 1
-        right_runs = np.searchsorted(right_slices[0], right_at, side="right") - 1
-        run_pairs, counts = np.unique(np.stack([left_runs, right_runs], axis=1), axis=0, return_counts=True)
-        best: dict[int, tuple[int, int]] = {}
-        for (left_run, right_run), count in zip(run_pairs.tolist(), counts.tolist(), strict=True):
-            if left_run not in best or count > best[left_run][0]:
-                best[left_run] = (count, right_run)
-        for left_run, (_, right_run) in best.items():
-            left_start, left_end = int(left_slices[0][left_run]), int(left_slices[1][left_run])
-            right_start, right_end = int(right_slices[0][right_run]), int(right_slices[1][right_run])
-            regions.append(
-                {
-                    "tokens": left_end - left_start,
-                    "a": _region_side(left_file, left_start, left_end),
-                    "b": _region_side(right_file, right_start, right_end),
-                }
-            )
+        twins = np.array(
+            [
+                (left_at, right_at)
+                for value in shared.tolist()
+                for left_at in left_file.positions[value][:_MAX_OCCURRENCES_PAIRED]
+                for right_at in right_file.positions[value][:_MAX_OCCURRENCES_PAIRED]
+            ],
+            dtype=np.int64,
+        )
+        shifts = twins[:, 1] - twins[:, 0]
+        order = np.lexsort((twins[:, 0], shifts))
+        twins, shifts = twins[order], shifts[order]
+        breaks = np.flatnonzero((np.diff(shifts) != 0) | (np.diff(twins[:, 0]) >= NOISE_TOKENS)) + 1
+        for run in np.split(twins, breaks):
+            start, end = int(run[0, 0]), int(run[-1, 0]) + NOISE_TOKENS
+            shift = int(run[0, 1] - run[0, 0])
+            own = ~left_file.masked[start:end] & ~right_file.masked[start + shift : end + shift]
+            for first, last in _stretches(own):
+                if last - first < MIN_REGION_TOKENS:
+                    continue
+                regions.append(
+                    {
+                        "tokens": last - first,
+                        "a": _region_side(left_file, start + first, start + last),
+                        "b": _region_side(right_file, start + shift + first, start + shift + last),
+                    }
+                )
     regions.sort(key=lambda region: (-region["tokens"], region["a"]["file"], region["a"]["start_line"]))
     return regions
+
+
+def _stretches(flags: np.ndarray) -> list[tuple[int, int]]:
+    """The ``[start, end)`` of each maximal stretch of true values."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return [(int(first), int(last)) for first, last in zip(edges[0::2], edges[1::2], strict=True)]
 
 
 def _region_side(file: _File, start: int, end: int) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Code similarity across the submissions of an assignment, for staff (issue 6)."""
