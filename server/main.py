@@ -19,6 +19,7 @@ from server.auth.router import router as auth_router
 from server.db import get_session_factory
 from server.errors import DomainError
 from server.health import router as health_router
+from server.leaderboard.alias_router import router as alias_router
 from server.leaderboard.router import router as leaderboard_router
 from server.pages.errors import error_page, wants_page
 from server.pages.render import STATIC_DIR
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
         rubrics_router,
         policy_router,
         leaderboard_router,
+        alias_router,
         similarity_router,
     ):
         app.include_router(router)

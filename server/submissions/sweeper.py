@@ -6,6 +6,9 @@ Two cases, both decided by the database alone:
   worker must claim the row atomically before grading it.
 - 'running' with an expired lease: the worker that claimed it died (a live worker renews its lease). Put it
   back to 'queued' and send the task, or give up with 'error' once it has used every attempt.
+
+It also starts each assignment's final leaderboard re-measurement once its deadline has passed
+(server/leaderboard/remeasure.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.db import utcnow
+from server.leaderboard.remeasure import remeasure_due
 from server.queue import enqueue_grading
 from server.submissions.models import Submission, SubmissionStatus
 
@@ -35,6 +39,7 @@ class SweepReport:
     resent: list[int] = field(default_factory=list)
     reclaimed: list[int] = field(default_factory=list)
     gave_up: list[int] = field(default_factory=list)
+    remeasured: list[int] = field(default_factory=list)  # submissions queued for a leaderboard re-measurement
 
 
 def sweep(*, session: Session, requeue_after_seconds: float, max_attempts: int) -> SweepReport:
@@ -95,6 +100,11 @@ def sweep(*, session: Session, requeue_after_seconds: float, max_attempts: int) 
             report.gave_up,
             report.resent,
         )
+    for remeasurement in remeasure_due(session=session, now=now):
+        for submission in remeasurement.requeued:
+            report.remeasured.append(submission.id)
+            time_limit = float(submission.assignment.bundle.manifest["time_limit_s"])
+            enqueue_grading(submission.id, queue=submission.queue, time_limit_s=time_limit)
     return report
 
 

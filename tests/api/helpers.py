@@ -56,8 +56,10 @@ def finish(
     score: float = 7.0,
     metrics: dict[str, float] | None = None,
     results: list[dict[str, Any]] | None = None,
-) -> None:
-    """Record a graded run the way a worker would."""
+    hardware_class: str = "cpu",
+    purpose: str = "grade",
+) -> int:
+    """Record a graded run the way a worker would; returns the run's id."""
     with world.session() as session:
         submission = session.get(Submission, submission_id)
         assert submission is not None
@@ -66,24 +68,26 @@ def finish(
         submission.score = score
         submission.max_score = 10.0
         submission.finished_at = utcnow()
-        session.add(
-            GradingRun(
-                submission_id=submission_id,
-                attempt=submission.attempt,
-                status=SubmissionStatus.graded,
-                score=score,
-                max_score=10.0,
-                results=results if results is not None else RESULTS,
-                metrics=metrics if metrics is not None else {"softmax_ms": 1.5},
-                log="student output\n",
-                worker="test-worker",
-                hardware={"label": "cpu"},
-                software={"torch": "test"},
-                bundle_id=submission.bundle_id,
-                bundle_sha256="0" * 64,
-                seed="123456789",
-                flags=["timing: trusted 9.0 ms vs in-sandbox 1.0 ms"],
-                started_at=utcnow(),
-            )
+        run = GradingRun(
+            submission_id=submission_id,
+            attempt=submission.attempt,
+            status=SubmissionStatus.graded,
+            score=score,
+            max_score=10.0,
+            results=results if results is not None else RESULTS,
+            metrics=metrics if metrics is not None else {"softmax_ms": 1.5},
+            log="student output\n",
+            worker="test-worker",
+            hardware={"label": "cpu"},
+            software={"torch": "test"},
+            bundle_id=submission.bundle_id,
+            bundle_sha256="0" * 64,
+            seed="123456789",
+            flags=["timing: trusted 9.0 ms vs in-sandbox 1.0 ms"],
+            started_at=utcnow(),
+            hardware_class=hardware_class,
+            purpose=purpose,
         )
+        session.add(run)
         session.commit()
+        return run.id
