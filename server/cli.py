@@ -384,7 +384,10 @@ def _print_result(detail: dict[str, Any]) -> None:
 @app.command()
 def submit(
     assignment: str,
-    paths: Annotated[list[Path], typer.Argument(help="Files, or one .zip / .tar.gz.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files, directories (a package keeps its layout), or one .zip / .tar.gz."),
+    ],
     course: CourseOption = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the upload is accepted.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 900.0,

@@ -94,11 +94,7 @@ class Client:
         return str(enrollments[0]["course"])
 
     def submit(self, course: str, assignment: str, paths: list[Path]) -> dict[str, Any]:
-        files = []
-        for path in paths:
-            if not path.is_file():
-                raise ClientError(f"{path} is not a file.")
-            files.append(("files", (path.name, path.read_bytes())))
+        files = [("files", (name, path.read_bytes())) for name, path in upload_entries(paths)]
         url = f"/api/courses/{course}/assignments/{assignment}/submissions"
         return dict(self.request("POST", url, files=files))
 
@@ -137,3 +133,44 @@ class Client:
                 return
             time.sleep(1.0)
         raise ClientError(f"Still not finished after {timeout:.0f} s; check later with status.")
+
+
+# Never uploaded from a directory: caches, version control, editor and OS litter.
+_SKIPPED_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints", ".pytest_cache", ".mypy_cache"}
+_SKIPPED_SUFFIXES = (".pyc", ".pyo", "~", ".swp")
+_SKIPPED_NAMES = {".DS_Store", "Thumbs.db"}
+
+
+def upload_entries(paths: list[Path]) -> list[tuple[str, Path]]:
+    """(name to upload as, file) for each path: a file by its name, a directory as its files under its own name.
+
+    ``hw5_inference/`` uploads ``hw5_inference/__init__.py``, ``hw5_inference/kv_cache.py``, ... so a package
+    keeps its layout; caches and version-control folders are left out. Links are refused, not followed.
+    """
+    entries: list[tuple[str, Path]] = []
+    for path in paths:
+        if path.is_symlink():
+            raise ClientError(f"{path} is a link; submit the file it points to instead.")
+        if path.is_file():
+            entries.append((path.name, path))
+        elif path.is_dir():
+            root = path.resolve()
+            for child in sorted(root.rglob("*")):
+                relative = child.relative_to(root.parent)
+                if any(part in _SKIPPED_DIRS for part in relative.parts) or child.name in _SKIPPED_NAMES:
+                    continue
+                if child.name.endswith(_SKIPPED_SUFFIXES):
+                    continue
+                if child.is_symlink():
+                    raise ClientError(f"{child} is a link; links cannot be submitted.")
+                if child.is_file():
+                    entries.append((relative.as_posix(), child))
+        else:
+            raise ClientError(f"{path} is not a file or a directory.")
+    if not entries:
+        raise ClientError("There is nothing to submit.")
+    names = [name for name, _ in entries]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ClientError(f"{duplicates[0]} is given twice.")
+    return entries
