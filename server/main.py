@@ -18,6 +18,7 @@ from server.assignments.router import router as assignments_router
 from server.auth.router import router as auth_router
 from server.db import get_session_factory
 from server.errors import DomainError
+from server.exports.router import router as exports_router
 from server.health import router as health_router
 from server.leaderboard.alias_router import router as alias_router
 from server.leaderboard.router import router as leaderboard_router
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
         leaderboard_router,
         alias_router,
         similarity_router,
+        exports_router,
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
