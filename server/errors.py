@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -51,3 +52,14 @@ class PayloadTooLarge(DomainError):
 class Unprocessable(DomainError):
     status_code = 422
     code = "invalid"
+
+
+class TooManyRequests(DomainError):
+    """Fair use: the caller must wait. ``retry_at`` is the instant the next request is allowed, when known."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_at: datetime | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_at = retry_at

@@ -60,6 +60,10 @@ class WorkerSettings(BaseModel):
     # sweeper hands the submission to another worker once the lease has expired.
     lease_seconds: float = 60.0
     max_attempts: int = 3
+    # A task wakes a worker, which then claims the fairest queued submission of its queue (students before
+    # staff regrades before re-measurements, then the student served least recently) rather than the one the
+    # message names. False: grade what the message names, first come first served (for comparison).
+    fair_order: bool = True
 
 
 class UploadSettings(BaseModel):

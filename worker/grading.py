@@ -6,6 +6,11 @@ Idempotency: a submission is graded only by whoever moved it from 'queued' to 'r
 conditional UPDATE, and a result is recorded only by the holder of that attempt while the row is still
 'running'. A duplicated or redelivered task therefore finds nothing to claim, and a worker whose lease was
 reclaimed by the sweeper cannot overwrite the newer attempt's result.
+
+Fair order: the database decides the order, the broker only wakes workers. Every queued submission still sends
+one task, but a task claims the fairest queued submission of its queue (server.submissions.limits.fair_order),
+not necessarily the one it names. There are as many tasks as queued submissions, so every one is claimed; a
+task that finds nothing left to claim does nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from graders.harness import GradeReport, grade
@@ -38,7 +43,7 @@ from server import queue
 from server.assignments.models import GraderBundle
 from server.db import utcnow
 from server.settings import Settings
-from server.submissions import archive
+from server.submissions import archive, limits
 from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
 from server.submissions.sweeper import GAVE_UP_MESSAGE
 from worker.sandbox import Limits, Sandbox, SandboxResult, SandboxSpec
@@ -46,6 +51,11 @@ from worker.sandbox import Limits, Sandbox, SandboxResult, SandboxSpec
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+# What a grading run was for, by the lane its submission waited in.
+RUN_PURPOSES = {0: "grade", 1: "regrade", 2: "remeasure"}
+# A claim lost to another worker is retried with the next fairest submission; past this many losses in a row the
+# task gives up (the submission it named stays queued, and the sweeper sends it again).
+MAX_CLAIM_RACES = 50
 # After a failed run (time out, protocol violation, exit), how long the sandbox may take to exit by itself
 # before it is killed: enough to collect an exit status or an out-of-memory kill, not to wait on stuck code.
 FAILED_GRACE_SECONDS = 1.0
@@ -88,6 +98,89 @@ def claim(*, session: Session, submission_id: int, worker_id: str, lease_seconds
     assert submission is not None
     session.refresh(submission)
     return submission.attempt
+
+
+@dataclass(frozen=True)
+class Claimed:
+    submission_id: int
+    attempt: int
+    # The task was sent for a longer grading than the one it claimed, and a submission that needs the longer
+    # time is still waiting: send the task again, or that one may be left to the sweeper (see claim_fairest).
+    wake_again: bool = False
+
+
+def claim_fairest(
+    *, session: Session, submission_id: int, worker_id: str, lease_seconds: float
+) -> Claimed | None:
+    """Claim the fairest queued submission on the queue of the one a task names, or None if none is left.
+
+    A task's Celery time limits were set for the submission it names, so only submissions whose grader's time
+    limit fits are candidates. That keeps every waiting submission within reach of some task as long as a task
+    that claims a shorter grading than it was sent for is sent again when a longer one is waiting
+    (``wake_again``): then for every time limit there are at least as many tasks allowing it as submissions
+    needing it. On PostgreSQL the candidate row is locked and rows other workers are claiming are skipped; on
+    SQLite one writer at a time decides. Either way the conditional UPDATE in :func:`claim` is what makes the
+    claim atomic: a race lost to another worker moves on to the next candidate.
+    """
+    named = session.execute(
+        select(Submission.queue, GraderBundle.manifest)
+        .join(GraderBundle, GraderBundle.id == Submission.bundle_id)
+        .where(Submission.id == submission_id)
+    ).one_or_none()
+    if named is None:
+        session.rollback()
+        return None
+    queue_name, named_manifest = named
+    budget = float(named_manifest["time_limit_s"])
+    time_limits = {
+        bundle_id: float(manifest["time_limit_s"])
+        for bundle_id, manifest in session.execute(
+            select(GraderBundle.id, GraderBundle.manifest).where(
+                GraderBundle.id.in_(
+                    select(Submission.bundle_id).where(
+                        Submission.status == SubmissionStatus.queued, Submission.queue == queue_name
+                    )
+                )
+            )
+        )
+    }
+    fitting = [bundle_id for bundle_id, limit in time_limits.items() if limit <= budget]
+    candidates = (
+        limits.fair_order(queue=queue_name)
+        .add_columns(Submission.bundle_id)
+        .where(Submission.bundle_id.in_(fitting))
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True, of=Submission)
+    for _ in range(MAX_CLAIM_RACES):
+        row = session.execute(candidates).first()
+        if row is None:
+            session.rollback()
+            return None
+        chosen, bundle_id = row
+        attempt = claim(
+            session=session, submission_id=chosen, worker_id=worker_id, lease_seconds=lease_seconds
+        )
+        if attempt is None:
+            continue
+        longer = [other for other, limit in time_limits.items() if time_limits[bundle_id] < limit <= budget]
+        wake_again = bool(longer) and bool(
+            session.scalar(
+                select(Submission.id)
+                .where(
+                    Submission.status == SubmissionStatus.queued,
+                    Submission.queue == queue_name,
+                    Submission.bundle_id.in_(longer),
+                )
+                .limit(1)
+            )
+        )
+        return Claimed(chosen, attempt, wake_again)
+    log.warning(
+        "lost %s claims in a row on queue %s; leaving it to other workers", MAX_CLAIM_RACES, queue_name
+    )
+    return None
 
 
 def _guarded(submission_id: int, attempt: int) -> Any:
@@ -271,19 +364,25 @@ def record(
     result = outcome.sandbox_result
     hardware, software = environment_info(ctx.sandbox)
     log_text = result.log.decode("utf-8", errors="replace") if result else ""
-    changed = session.execute(
-        _guarded(submission.id, attempt)
-        .values(
+    finished: dict[str, Any] = {
+        "finished_at": utcnow(),
+        "lease_expires_at": None,
+        "progress_done": len(report.tests),
+        "current_test": None,
+    }
+    if RUN_PURPOSES.get(submission.lane) == "remeasure":
+        # A leaderboard re-measurement only adds a run to rank by: the grade the submission earned stands, even if
+        # the new seed now trips a test (the board, not the grade, reflects that).
+        finished["status"] = SubmissionStatus.graded
+    else:
+        finished.update(
             status=status,
             score=report.score,
             max_score=report.max_score,
-            finished_at=utcnow(),
-            lease_expires_at=None,
-            progress_done=len(report.tests),
-            current_test=None,
             status_message=report.failure_reason,
         )
-        .execution_options(synchronize_session=False)
+    changed = session.execute(
+        _guarded(submission.id, attempt).values(**finished).execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     if not changed:
         session.rollback()
@@ -326,6 +425,7 @@ def record(
             bundle_sha256=bundle.sha256,
             seed=str(outcome.seed),
             started_at=outcome.started_at,
+            purpose=RUN_PURPOSES.get(submission.lane, "grade"),
         )
     )
     session.commit()
@@ -364,18 +464,49 @@ def release_after_fault(*, ctx: GradingContext, submission: Submission, attempt:
     return outcome
 
 
-def grade_submission(submission_id: int, ctx: GradingContext) -> str:
-    """Grade one submission if it is still queued. Returns what happened: graded, failed, skipped, retry, error."""
-    with ctx.session_factory() as session:
-        attempt = claim(
-            session=session,
-            submission_id=submission_id,
-            worker_id=ctx.worker_id,
-            lease_seconds=ctx.settings.worker.lease_seconds,
+def _send_again(session: Session, message_id: int) -> None:
+    """The task of ``message_id`` once more, with the same queue and time limits."""
+    named = session.get(Submission, message_id)
+    bundle = session.get(GraderBundle, named.bundle_id) if named is not None else None
+    if named is not None and bundle is not None:
+        queue.enqueue_grading(
+            message_id, queue=named.queue, time_limit_s=float(bundle.manifest["time_limit_s"])
         )
-        if attempt is None:
-            log.info("submission %s is not queued; nothing to do", submission_id)
+
+
+def grade_submission(submission_id: int, ctx: GradingContext) -> str:
+    """Grade one queued submission: with fair order the fairest of the queue that ``submission_id`` waits in,
+    otherwise ``submission_id`` itself. Returns what happened: graded, failed, skipped, retry, error."""
+    message_id = submission_id
+    with ctx.session_factory() as session:
+        claimed: Claimed | None
+        if ctx.settings.worker.fair_order:
+            claimed = claim_fairest(
+                session=session,
+                submission_id=message_id,
+                worker_id=ctx.worker_id,
+                lease_seconds=ctx.settings.worker.lease_seconds,
+            )
+        else:
+            attempt = claim(
+                session=session,
+                submission_id=message_id,
+                worker_id=ctx.worker_id,
+                lease_seconds=ctx.settings.worker.lease_seconds,
+            )
+            claimed = None if attempt is None else Claimed(message_id, attempt)
+        if claimed is None:
+            log.info("nothing queued for the task of submission %s; nothing to do", message_id)
             return "skipped"
+        if claimed.submission_id != message_id:
+            log.info(
+                "the task of submission %s claimed submission %s (fair order)",
+                message_id,
+                claimed.submission_id,
+            )
+        if claimed.wake_again:
+            _send_again(session, message_id)
+        submission_id, attempt = claimed.submission_id, claimed.attempt
         submission = session.get(Submission, submission_id)
         assert submission is not None
         bundle = session.get(GraderBundle, submission.bundle_id)

@@ -11,7 +11,9 @@ from pydantic import BaseModel
 
 from server.assignments import service
 from server.assignments.service import AssignmentAccess
+from server.db import utcnow
 from server.deps import CurrentUser, SessionDep
+from server.submissions import limits
 
 router = APIRouter(prefix="/api", tags=["assignments"])
 
@@ -129,3 +131,33 @@ def download_handout(course: str, slug: str, session: SessionDep, user: CurrentU
             "cache-control": "private, max-age=60",
         },
     )
+
+
+class QuotaOut(BaseModel):
+    """Where the caller stands with the assignment's fair-use limits."""
+
+    exempt: bool  # staff are not limited
+    rate_limit_count: int | None  # submissions allowed per window (None: no rate limit)
+    rate_limit_window_s: int
+    submissions_left: int | None  # whole submissions the rate limit allows right now (None: no rate limit)
+    next_allowed_at: datetime | None  # when the rate limit next allows one, if it allows none now
+    in_progress: int  # your submissions waiting or being graded
+    max_in_progress: int | None  # how many may wait or be graded at once (None: no cap)
+    within_limits: bool  # both limits allow a submission now (the deadline is another matter)
+
+
+@router.get("/courses/{course}/assignments/{slug}/quota", response_model=QuotaOut)
+def get_quota(course: str, slug: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    """Your remaining submission budget for this assignment and when the next submission is allowed."""
+    access = service.get_for_user(session=session, user=user, course_slug=course, slug=slug)
+    quota = limits.quota(session=session, access=access, user=user, now=utcnow())
+    return {
+        "exempt": quota.exempt,
+        "rate_limit_count": quota.rate_limit_count,
+        "rate_limit_window_s": quota.rate_limit_window_s,
+        "submissions_left": quota.submissions_left,
+        "next_allowed_at": quota.next_token_at,
+        "in_progress": quota.in_progress,
+        "max_in_progress": quota.max_in_progress,
+        "within_limits": quota.admits_one_now,
+    }

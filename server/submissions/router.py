@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from server import queue
 from server.assignments import service as assignments
+from server.assignments.models import Assignment
 from server.audit import service as audit
-from server.db import get_session_factory
+from server.db import get_session_factory, utcnow
 from server.deps import CurrentUser, SessionDep, SettingsDep
-from server.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge
+from server.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, TooManyRequests
+from server.submissions import regrade as regrades
 from server.submissions import service
 from server.submissions.models import Blob, Submission, SubmissionStatus
 
@@ -113,8 +116,26 @@ async def read_parts(files: list[UploadFile], limit: int) -> list[tuple[str, byt
     return parts
 
 
+def too_many_requests(refused: TooManyRequests) -> JSONResponse:
+    """429 with the plain reason, and when the next request is allowed: ISO UTC in the body, Retry-After."""
+    body: dict[str, Any] = {"detail": refused.message, "code": refused.code, "next_allowed_at": None}
+    headers = {}
+    if refused.retry_at is not None:
+        body["next_allowed_at"] = refused.retry_at.isoformat()
+        headers["retry-after"] = str(max(1, math.ceil((refused.retry_at - utcnow()).total_seconds())))
+    return JSONResponse(body, status_code=429, headers=headers)
+
+
 @router.post(
-    "/courses/{course}/assignments/{slug}/submissions", response_model=SubmissionOut, status_code=201
+    "/courses/{course}/assignments/{slug}/submissions",
+    response_model=SubmissionOut,
+    status_code=201,
+    responses={
+        429: {
+            "description": "Fair use: over the rate limit (next_allowed_at and Retry-After say when the next "
+            "submission is allowed) or too many submissions waiting at once"
+        }
+    },
 )
 async def submit(
     course: str,
@@ -125,7 +146,7 @@ async def submit(
     files: Annotated[
         list[UploadFile] | None, File(description="source files, or one .zip / .tar.gz / .tgz")
     ] = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | JSONResponse:
     access = await run_in_threadpool(
         assignments.get_for_user, session=session, user=user, course_slug=course, slug=slug
     )
@@ -145,7 +166,12 @@ async def submit(
         session.commit()
         return submission
 
-    submission = await run_in_threadpool(create_and_commit)
+    try:
+        submission = await run_in_threadpool(create_and_commit)
+    except TooManyRequests as refused:
+        # Nothing of this upload is kept, and the bucket's lock is let go before the response goes out.
+        await run_in_threadpool(session.rollback)
+        return too_many_requests(refused)
     if service.is_manual(manifest):
         return submission_out(session, submission)
     # Enqueued only after the commit: a worker never sees a task for a row it cannot read. If the broker is
@@ -299,14 +325,30 @@ def assignment_submissions(
     }
 
 
+def _refuse_manual(assignment: Assignment) -> None:
+    if service.is_manual(assignment.bundle.manifest):
+        raise Conflict("This assignment is graded by rubric, not by a worker.", code="manual_grading")
+
+
+def _send(assignment: Assignment, submission_ids: list[int]) -> None:
+    """One task per requeued submission, after the commit (the sweeper re-sends any the broker loses)."""
+    time_limit_s = float(assignment.bundle.manifest["time_limit_s"])
+    for submission_id in submission_ids:
+        queue.enqueue_grading(submission_id, queue=assignment.queue, time_limit_s=time_limit_s)
+
+
 @router.post("/submissions/{submission_id}/regrade", response_model=SubmissionOut)
 def regrade(submission_id: int, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    """Grade one submission again with the assignment's current grader (staff; it waits behind students)."""
     submission, staff = service.visible_submission(session=session, user=user, submission_id=submission_id)
     if not staff:
         raise Forbidden("Only the course's TAs and instructors can regrade.")
-    if service.is_manual(submission.assignment.bundle.manifest):
-        raise Conflict("This assignment is graded by rubric, not by a worker.", code="manual_grading")
-    if not service.requeue(session=session, submission=submission):
+    assignment = submission.assignment
+    _refuse_manual(assignment)
+    done = regrades.requeue(
+        session=session, assignment=assignment, submission_ids=[submission.id], now=utcnow()
+    )
+    if not done.requeued:
         raise Conflict("This submission is still queued or running.", code="not_finished")
     audit.record(
         session=session,
@@ -314,12 +356,61 @@ def regrade(submission_id: int, session: SessionDep, user: CurrentUser) -> dict[
         action="submission.regrade",
         target_type="submission",
         target_id=submission.id,
-        course_id=submission.assignment.course_id,
+        course_id=assignment.course_id,
+        bundle_sha256=assignment.bundle.sha256,
     )
     session.commit()
-    queue.enqueue_grading(
-        submission.id,
-        queue=submission.queue,
-        time_limit_s=float(submission.assignment.bundle.manifest["time_limit_s"]),
-    )
+    session.refresh(submission)
+    _send(assignment, done.requeued)
     return submission_out(session, submission)
+
+
+class RegradeIn(BaseModel):
+    scope: regrades.Scope
+
+
+class RegradeOut(BaseModel):
+    scope: regrades.Scope
+    requeued: int
+    skipped_in_progress: int
+    submission_ids: list[int]
+    bundle_version: str
+    bundle_sha256: str
+
+
+@router.post("/courses/{course}/assignments/{slug}/regrade", response_model=RegradeOut)
+def regrade_assignment(
+    course: str, slug: str, body: RegradeIn, session: SessionDep, user: CurrentUser
+) -> dict[str, Any]:
+    """Grade again, with the current grader, every submission ('all'), each student's counted one ('counted')
+    or each submitter's latest ('latest'). Staff only. Regrades wait behind students' submissions; earlier runs
+    stay in the history with their grader version, and score overrides stay as they are."""
+    access = assignments.require_staff(
+        assignments.get_for_user(session=session, user=user, course_slug=course, slug=slug)
+    )
+    assignment = access.assignment
+    _refuse_manual(assignment)
+    chosen = regrades.targets(session=session, assignment=assignment, scope=body.scope)
+    done = regrades.requeue(session=session, assignment=assignment, submission_ids=chosen, now=utcnow())
+    audit.record(
+        session=session,
+        actor=user,
+        action="assignment.regrade",
+        target_type="assignment",
+        target_id=assignment.id,
+        course_id=assignment.course_id,
+        scope=body.scope.value,
+        requeued=len(done.requeued),
+        skipped_in_progress=len(done.in_progress),
+        bundle_sha256=assignment.bundle.sha256,
+    )
+    session.commit()
+    _send(assignment, done.requeued)
+    return {
+        "scope": body.scope,
+        "requeued": len(done.requeued),
+        "skipped_in_progress": len(done.in_progress),
+        "submission_ids": done.requeued,
+        "bundle_version": assignment.bundle.version,
+        "bundle_sha256": assignment.bundle.sha256,
+    }

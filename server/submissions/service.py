@@ -17,7 +17,7 @@ from server.courses import service as courses
 from server.db import utcnow
 from server.errors import BadRequest, Conflict, NotFound
 from server.policy import service as policy
-from server.submissions import archive
+from server.submissions import archive, limits
 from server.submissions.models import Blob, GradingRun, Submission, SubmissionStatus
 
 
@@ -45,6 +45,7 @@ def create(
         raise BadRequest(str(exc), code=exc.code) from exc
     now = utcnow()
     _check_contents(files, manifest)
+    limits.take(session=session, access=access, user=user, now=now)
     data = archive.pack(files)
     sha256 = archive.sha256_hex(data)
     if session.get(Blob, sha256) is None:
