@@ -69,6 +69,11 @@ class NewTokenOut(TokenOut):
     token: str
 
 
+def client_ip(request: Request) -> str:
+    """The caller's address as the server sees it (behind a proxy: what uvicorn's proxy headers say)."""
+    return request.client.host if request.client else "unknown"
+
+
 def user_out(session: SessionDep, user: User) -> UserOut:
     enrollments = session.scalars(
         select(Enrollment).where(Enrollment.user_id == user.id).order_by(Enrollment.id)
@@ -97,9 +102,13 @@ def token_out(token: ApiToken) -> TokenOut:
 
 
 @router.post("/auth/login", response_model=MeOut)
-def login(body: LoginIn, response: Response, session: SessionDep, settings: SettingsDep) -> MeOut:
+def login(
+    body: LoginIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
+) -> MeOut:
     """Start a browser session: sets an HttpOnly, SameSite=Lax cookie and returns the CSRF token."""
-    user = service.authenticate(session=session, username=body.username, password=body.password)
+    user = service.authenticate_throttled(
+        session=session, username=body.username, password=body.password, client_ip=client_ip(request)
+    )
     token, browser_session = service.start_browser_session(
         session=session, user=user, hours=settings.auth.session_hours
     )
@@ -140,9 +149,11 @@ def change_password(body: PasswordIn, session: SessionDep, user: CurrentUser) ->
 
 
 @router.post("/auth/token", response_model=NewTokenOut, status_code=201)
-def token_login(body: TokenLoginIn, session: SessionDep) -> NewTokenOut:
+def token_login(body: TokenLoginIn, request: Request, session: SessionDep) -> NewTokenOut:
     """Exchange a username and password for an API token (what `autograder login` does)."""
-    user = service.authenticate(session=session, username=body.username, password=body.password)
+    user = service.authenticate_throttled(
+        session=session, username=body.username, password=body.password, client_ip=client_ip(request)
+    )
     secret, token = service.create_api_token(
         session=session, user=user, name=body.token_name, expires_in_days=body.expires_in_days
     )

@@ -8,10 +8,11 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from server.audit.models import AuditEvent
 from server.auth import security
 from server.auth.models import ApiToken, BrowserSession, User
 from server.db import utcnow
-from server.errors import BadRequest, Conflict, NotAuthenticated, NotFound
+from server.errors import BadRequest, Conflict, NotAuthenticated, NotFound, TooManyRequests
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$")
 
@@ -73,6 +74,56 @@ def authenticate(*, session: Session, username: str, password: str) -> User:
     if security.needs_rehash(user.password_hash):
         user.password_hash = security.hash_password(password)
     return user
+
+
+# Password guessing: after this many failed logins for one username from one address within the window, that
+# pair must wait until the oldest failure leaves the window. Other addresses (the real student) are unaffected.
+LOGIN_FAILURE_WINDOW = timedelta(minutes=15)
+MAX_LOGIN_FAILURES = 10
+
+
+def _login_key(username: str) -> str:
+    return username.strip().lower()[:64]
+
+
+def authenticate_throttled(*, session: Session, username: str, password: str, client_ip: str) -> User:
+    """``authenticate`` with a limit on guessing: failures are audit-logged and counted per username and address.
+
+    A failure is committed here, before the error propagates, so that it counts even though the request fails.
+    """
+    key = _login_key(username)
+    now = utcnow()
+    since = now - LOGIN_FAILURE_WINDOW
+    failures = [
+        created_at
+        for details, created_at in session.execute(
+            select(AuditEvent.details, AuditEvent.created_at).where(
+                AuditEvent.action == "auth.login_failed",
+                AuditEvent.target_id == key,
+                AuditEvent.created_at >= since,
+            )
+        )
+        if (details or {}).get("ip") == client_ip
+    ]
+    if len(failures) >= MAX_LOGIN_FAILURES:
+        retry_at = min(failures) + LOGIN_FAILURE_WINDOW
+        minutes = max(1, int((retry_at - now).total_seconds() // 60) + 1)
+        raise TooManyRequests(
+            f"Too many failed logins for this account from your address. Try again in {minutes} minute(s), "
+            "or ask a TA to reset your password.",
+            code="login_throttled",
+            retry_at=retry_at,
+        )
+    try:
+        return authenticate(session=session, username=username, password=password)
+    except NotAuthenticated:
+        session.add(
+            AuditEvent(
+                action="auth.login_failed", target_type="login", target_id=key, details={"ip": client_ip}
+            )
+        )
+        session.commit()
+        raise
 
 
 def start_browser_session(*, session: Session, user: User, hours: float) -> tuple[str, BrowserSession]:

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from server.auth import service as auth_service
 from server.auth.models import User
+from server.auth.router import client_ip
 from server.deps import SESSION_COOKIE, SessionDep, SettingsDep
-from server.errors import DomainError
+from server.errors import DomainError, TooManyRequests
 from server.pages import i18n
 from server.pages.deps import OptionalPageUser, PageUser, check_form_csrf
 from server.pages.render import PRE_SESSION_CSRF_COOKIE, render
@@ -59,7 +60,20 @@ def login_submit(
 ) -> Response:
     check_form_csrf(request, csrf_token)
     try:
-        user = auth_service.authenticate(session=session, username=username.strip(), password=password)
+        user = auth_service.authenticate_throttled(
+            session=session, username=username.strip(), password=password, client_ip=client_ip(request)
+        )
+    except TooManyRequests as exc:
+        request.state.csrf_token = request.cookies.get(PRE_SESSION_CSRF_COOKIE)
+        return render(
+            request,
+            "login.html",
+            user=None,
+            status_code=429,
+            next=safe_next(next, ""),
+            username=username,
+            error=exc.message,
+        )
     except DomainError:
         request.state.csrf_token = request.cookies.get(PRE_SESSION_CSRF_COOKIE)
         language = i18n.negotiate(request, None)

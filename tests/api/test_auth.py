@@ -149,3 +149,24 @@ def test_unauthenticated_requests_are_told_how_to_authenticate(world: World) -> 
     response = world.client.get("/api/assignments")
     assert response.status_code == 401
     assert "log in" in response.json()["detail"]
+
+
+def test_password_guessing_is_throttled_per_account_and_address(world) -> None:
+    from server.auth.service import MAX_LOGIN_FAILURES
+
+    for _ in range(MAX_LOGIN_FAILURES):
+        wrong = world.client.post("/api/auth/login", json={"username": "alice", "password": "guess-guess"})
+        assert wrong.status_code == 401
+    blocked = world.client.post(
+        "/api/auth/login", json={"username": "alice", "password": world.alice.password}
+    )
+    assert blocked.status_code == 429 and blocked.json()["code"] == "login_throttled"
+    assert "Try again in" in blocked.json()["detail"]
+    assert (
+        world.client.post(
+            "/api/auth/token", json={"username": "Alice", "password": world.alice.password}
+        ).status_code
+        == 429
+    )  # the CLI's login counts the same account, whatever the case
+    other = world.client.post("/api/auth/login", json={"username": "bob", "password": world.bob.password})
+    assert other.status_code == 200  # other accounts are unaffected
