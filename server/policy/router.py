@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -20,28 +19,12 @@ from server.db import utcnow
 from server.deps import CurrentUser, SessionDep
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
 from server.policy import service
-from server.policy.late import PolicyError, parse_policy
 from server.submissions import service as submissions
 from server.submissions.models import ScoreOverride, Submission
 
 router = APIRouter(prefix="/api", tags=["grades and policy"])
 
-MAX_REASON_CHARS = 2_000
-
-
-def _reason(text: str, what: str) -> str:
-    reason = text.strip()
-    if not reason:
-        raise BadRequest(f"A reason is required for {what}: the student sees it.", code="reason_required")
-    if len(reason) > MAX_REASON_CHARS:
-        raise BadRequest(f"The reason is longer than {MAX_REASON_CHARS} characters.", code="reason_too_long")
-    return reason
-
-
-def _instructor(session: SessionDep, user: User, course: Course) -> None:
-    role = courses.role_in(session=session, user=user, course=course)
-    if role != Role.instructor and not user.is_admin:
-        raise Forbidden("Only the course's instructors can change this.")
+MAX_REASON_CHARS = service.MAX_REASON_CHARS
 
 
 # -- reading grades -------------------------------------------------------------------------------------------
@@ -281,50 +264,15 @@ def update_settings(
     Grades are computed from these when read, so a change rescores every student at once.
     """
     access = assignments.get_for_user(session=session, user=user, course_slug=course, slug=slug)
-    assignment = access.assignment
-    _instructor(session, user, assignment.course)
-    changes = body.model_dump(exclude_unset=True, exclude={"allow_past_deadline"})
-    for name in ("opens_at", "due_at", "closes_at"):
-        if name in changes:
-            changes[name] = _aware(name, changes[name])
-    if changes.get("due_at") is not None and changes["due_at"] < utcnow() and not body.allow_past_deadline:
-        raise BadRequest(
-            "The deadline is in the past. Choose a later one (or set allow_past_deadline to mean it).",
-            code="deadline_in_past",
-        )
-    opens = changes.get("opens_at", assignment.opens_at)
-    due = changes.get("due_at", assignment.due_at)
-    closes = changes.get("closes_at", assignment.closes_at)
-    if opens is not None and due is not None and opens >= due:
-        raise BadRequest("The assignment must open before its deadline.", code="opens_after_due")
-    if due is not None and closes is not None and closes < due:
-        raise BadRequest("Submissions cannot close before the deadline.", code="closes_before_due")
-    if "late_policy" in changes:
-        try:
-            changes["late_policy"] = parse_policy(changes["late_policy"]).to_json()
-        except PolicyError as exc:
-            raise BadRequest(f"The late policy is not valid: {exc}.", code="bad_late_policy") from None
-    if "weight" in changes and changes["weight"] is not None and not math.isfinite(changes["weight"]):
-        raise BadRequest("The weight must be a number from 0 to 100.", code="bad_weight")
-    before = {name: _jsonable(getattr(assignment, name)) for name in changes}
-    for name, value in changes.items():
-        setattr(assignment, name, value)
-    audit.record(
+    assignment = service.apply_settings(
         session=session,
+        assignment=access.assignment,
         actor=user,
-        action="assignment.settings",
-        target_type="assignment",
-        target_id=assignment.id,
-        course_id=assignment.course_id,
-        before=before,
-        after={name: _jsonable(value) for name, value in changes.items()},
+        changes=body.model_dump(exclude_unset=True, exclude={"allow_past_deadline"}),
+        allow_past_deadline=body.allow_past_deadline,
     )
     session.commit()
     return settings_out(assignment)
-
-
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
 
 
 class CourseSettingsIn(BaseModel):
@@ -346,7 +294,7 @@ def update_course(
     target = courses.get_course(session=session, slug=course)
     if courses.role_in(session=session, user=user, course=target) is None:
         raise NotFound(f"There is no course {course!r} that you can see.")
-    _instructor(session, user, target)
+    service.require_instructor(session=session, user=user, course=target)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("timezone") is not None:
         try:
@@ -434,9 +382,9 @@ def grant_extension(
     )
     assignment = access.assignment
     student = _student_of(session, assignment.course, username)
-    due_at = _aware("due_at", body.due_at)
+    due_at = service.aware("due_at", body.due_at)
     assert due_at is not None
-    reason = _reason(body.reason, "an extension")
+    reason = service.clean_reason(body.reason, "an extension")
     extension = session.scalar(
         select(Extension).where(Extension.assignment_id == assignment.id, Extension.user_id == student.id)
     )
@@ -483,7 +431,7 @@ def revoke_extension(
     )
     if extension is None:
         raise NotFound(f"{username} has no extension on {slug}.")
-    reason = _reason(body.reason, "revoking an extension")
+    reason = service.clean_reason(body.reason, "revoking an extension")
     audit.record(
         session=session,
         actor=user,
@@ -531,53 +479,17 @@ def set_override(
 ) -> dict[str, Any]:
     """Replace a submission's score (staff, reason required, audit-logged, shown to the student)."""
     submission = _staff_submission(session, user, submission_id)
-    maximum = float(submission.max_score or submission.assignment.points)
-    if not (math.isfinite(body.score) and 0 <= body.score <= maximum):
-        raise BadRequest(f"The score must be between 0 and {maximum:g}.", code="score_out_of_range")
-    reason = _reason(body.reason, "a score override")
-    override = session.scalar(select(ScoreOverride).where(ScoreOverride.submission_id == submission.id))
-    before = None if override is None else {"score": override.score, "reason": override.reason}
-    if override is None:
-        override = ScoreOverride(submission_id=submission.id)
-        session.add(override)
-    override.score = float(body.score)
-    override.reason = reason
-    override.created_by_id = user.id
-    audit.record(
-        session=session,
-        actor=user,
-        action="score.override",
-        target_type="submission",
-        target_id=submission.id,
-        course_id=submission.assignment.course_id,
-        score=override.score,
-        reason=reason,
-        before=before,
-        autograded=submission.score,
+    override = service.set_override(
+        session=session, submission=submission, actor=user, score=body.score, reason=body.reason
     )
     session.commit()
-    session.refresh(override)
     return {**override_out(override), "submission_id": submission.id, "autograded": submission.score}
 
 
 @router.delete("/submissions/{submission_id}/override", status_code=204)
 def remove_override(submission_id: int, body: ReasonIn, session: SessionDep, user: CurrentUser) -> None:
     submission = _staff_submission(session, user, submission_id)
-    override = session.scalar(select(ScoreOverride).where(ScoreOverride.submission_id == submission.id))
-    if override is None:
-        raise NotFound(f"Submission {submission_id} has no score override.")
-    reason = _reason(body.reason, "removing an override")
-    audit.record(
-        session=session,
-        actor=user,
-        action="score.override_removed",
-        target_type="submission",
-        target_id=submission.id,
-        course_id=submission.assignment.course_id,
-        score=override.score,
-        reason=reason,
-    )
-    session.delete(override)
+    service.remove_override(session=session, submission=submission, actor=user, reason=body.reason)
     session.commit()
 
 

@@ -10,23 +10,31 @@ for a later one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from server.assignments.models import Assignment, Extension
+from server.audit import service as audit
 from server.auth.models import User
+from server.courses import service as courses
 from server.courses.models import Course, Enrollment, Role
+from server.db import utcnow
+from server.errors import BadRequest, Forbidden, NotFound
 from server.policy.late import Lateness, LatePolicy, PolicyError, accepting_until, assess, parse_policy
 from server.submissions.models import ScoreOverride, Submission, SubmissionStatus
 
 COUNTING_RULES = ("latest", "best", "final")
-# Finished submissions that have (or will get, for rubric grading) a score.
+# Finished submissions that have (or will get, for rubric grading) a score; and ones being graded again (a
+# regrade or a re-measurement), which keep counting with the score they had until the new one is recorded.
 SCORED_STATUSES = (SubmissionStatus.graded, SubmissionStatus.failed, SubmissionStatus.received)
+REGRADING_STATUSES = (SubmissionStatus.queued, SubmissionStatus.running)
 
 
 def zone_of(course: Course) -> ZoneInfo:
@@ -164,7 +172,10 @@ def _grades(
         select(Submission).where(
             Submission.assignment_id.in_(assignment_ids),
             Submission.user_id.in_(user_ids),
-            Submission.status.in_(SCORED_STATUSES),
+            or_(
+                Submission.status.in_(SCORED_STATUSES),
+                and_(Submission.status.in_(REGRADING_STATUSES), Submission.score.is_not(None)),
+            ),
         )
     ):
         submissions.setdefault((submission.assignment_id, submission.user_id), []).append(submission)
@@ -264,3 +275,235 @@ def counted_submissions(*, session: Session, assignment: Assignment) -> dict[int
         for grade in assignment_grades(session=session, assignment=assignment)
         if grade.counted is not None
     }
+
+
+# -- changing the rules (shared by the API and the staff pages) --------------------------------------------------
+
+MAX_REASON_CHARS = 2_000
+MAX_TITLE_CHARS = 200
+# Inclusive bounds of the numeric settings.
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "weight": (0, 100),
+    "rate_limit_count": (1, 10_000),
+    "rate_limit_window_s": (60, 30 * 86400),
+    "max_queued_per_student": (1, 100),
+    "remeasure_top_n": (0, 100),
+}
+SETTINGS = frozenset(
+    {
+        "title",
+        "published",
+        "opens_at",
+        "due_at",
+        "closes_at",
+        "late_policy",
+        "counting",
+        "weight",
+        "reveal_hidden",
+        "leaderboard_enabled",
+        *SETTING_RANGES,
+    }
+)
+# Settings that may be cleared (None): no date, no weight in the course total, no rate limit.
+CLEARABLE = frozenset({"opens_at", "due_at", "closes_at", "weight", "rate_limit_count"})
+
+
+def require_instructor(*, session: Session, user: User, course: Course) -> None:
+    role = courses.role_in(session=session, user=user, course=course)
+    if role != Role.instructor and not user.is_admin:
+        raise Forbidden("Only the course's instructors can change this.")
+
+
+def clean_reason(text: str, what: str) -> str:
+    """A staff reason the student will read: required, and not endless."""
+    reason = text.strip()
+    if not reason:
+        raise BadRequest(f"A reason is required for {what}: the student sees it.", code="reason_required")
+    if len(reason) > MAX_REASON_CHARS:
+        raise BadRequest(f"The reason is longer than {MAX_REASON_CHARS} characters.", code="reason_too_long")
+    return reason
+
+
+def aware(name: str, value: datetime | None) -> datetime | None:
+    """``value`` in UTC; an instant without a UTC offset is refused (whose wall clock would it be?)."""
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise BadRequest(
+            f"{name} needs a UTC offset, e.g. 2027-03-21T23:59:00+08:00.", code="naive_datetime", field=name
+        )
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _check_values(changes: dict[str, Any]) -> None:
+    for name, value in changes.items():
+        if value is None:
+            if name not in CLEARABLE:
+                raise BadRequest(f"{name} cannot be empty.", code="setting_required", field=name)
+            continue
+        if name == "title" and not (isinstance(value, str) and 0 < len(value.strip()) <= MAX_TITLE_CHARS):
+            raise BadRequest(
+                f"The title must be 1 to {MAX_TITLE_CHARS} characters.", code="bad_title", field=name
+            )
+        if name in ("published", "reveal_hidden", "leaderboard_enabled") and not isinstance(value, bool):
+            raise BadRequest(f"{name} must be true or false.", code="bad_setting", field=name)
+        if name == "counting" and value not in COUNTING_RULES:
+            raise BadRequest(
+                f"counting must be one of {', '.join(COUNTING_RULES)}.", code="bad_counting", field=name
+            )
+        if name in SETTING_RANGES:
+            low, high = SETTING_RANGES[name]
+            whole = name != "weight"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int if whole else int | float)
+                or not math.isfinite(value)
+                or not low <= value <= high
+            ):
+                if name == "weight":
+                    raise BadRequest(
+                        "The weight must be a number from 0 to 100.", code="bad_weight", field=name
+                    )
+                raise BadRequest(
+                    f"{name} must be a whole number from {low:g} to {high:g}.",
+                    code="out_of_range",
+                    field=name,
+                    low=low,
+                    high=high,
+                )
+
+
+def apply_settings(
+    *,
+    session: Session,
+    assignment: Assignment,
+    actor: User,
+    changes: dict[str, Any],
+    allow_past_deadline: bool = False,
+) -> Assignment:
+    """Change an assignment's settings: only the fields in ``changes``, each checked first (instructors).
+
+    Everything is validated before anything is set, so a refused change (BadRequest, with the offending
+    ``field`` in its details) leaves the assignment as it was. A deadline in the past is refused unless
+    ``allow_past_deadline`` says it is meant. The change is audit-logged; the caller commits. Grades are
+    computed from these settings when read, so a change rescores every student at once.
+    """
+    require_instructor(session=session, user=actor, course=assignment.course)
+    unknown = sorted(set(changes) - SETTINGS)
+    if unknown:
+        raise BadRequest(
+            f"{unknown[0]} is not an assignment setting.", code="unknown_setting", field=unknown[0]
+        )
+    changes = dict(changes)
+    for name in ("opens_at", "due_at", "closes_at"):
+        if name in changes:
+            changes[name] = aware(name, changes[name])
+    _check_values(changes)
+    if "title" in changes:
+        changes["title"] = changes["title"].strip()
+    if changes.get("due_at") is not None and changes["due_at"] < utcnow() and not allow_past_deadline:
+        raise BadRequest(
+            "The deadline is in the past. Choose a later one (or set allow_past_deadline to mean it).",
+            code="deadline_in_past",
+            field="due_at",
+        )
+    opens = changes.get("opens_at", assignment.opens_at)
+    due = changes.get("due_at", assignment.due_at)
+    closes = changes.get("closes_at", assignment.closes_at)
+    if opens is not None and due is not None and opens >= due:
+        raise BadRequest(
+            "The assignment must open before its deadline.",
+            code="opens_after_due",
+            field="opens_at" if "opens_at" in changes else "due_at",
+        )
+    if due is not None and closes is not None and closes < due:
+        raise BadRequest(
+            "Submissions cannot close before the deadline.",
+            code="closes_before_due",
+            field="closes_at" if "closes_at" in changes else "due_at",
+        )
+    if "late_policy" in changes:
+        try:
+            changes["late_policy"] = parse_policy(changes["late_policy"]).to_json()
+        except PolicyError as exc:
+            raise BadRequest(
+                f"The late policy is not valid: {exc}.", code="bad_late_policy", field="late_policy"
+            ) from None
+    before = {name: _jsonable(getattr(assignment, name)) for name in changes}
+    for name, value in changes.items():
+        setattr(assignment, name, value)
+    audit.record(
+        session=session,
+        actor=actor,
+        action="assignment.settings",
+        target_type="assignment",
+        target_id=assignment.id,
+        course_id=assignment.course_id,
+        before=before,
+        after={name: _jsonable(value) for name, value in changes.items()},
+    )
+    session.flush()
+    return assignment
+
+
+def override_of(*, session: Session, submission: Submission) -> ScoreOverride | None:
+    return session.scalar(select(ScoreOverride).where(ScoreOverride.submission_id == submission.id))
+
+
+def set_override(
+    *, session: Session, submission: Submission, actor: User, score: float, reason: str
+) -> ScoreOverride:
+    """Replace a submission's score (the caller checked that ``actor`` is staff): a reason the student sees is
+    required, the score stays within the submission's maximum, and the change is audit-logged. Regrades change
+    the autograded score beside it, never the override. The caller commits."""
+    maximum = float(submission.max_score or submission.assignment.points)
+    if not (math.isfinite(score) and 0 <= score <= maximum):
+        raise BadRequest(
+            f"The score must be between 0 and {maximum:g}.", code="score_out_of_range", maximum=maximum
+        )
+    text = clean_reason(reason, "a score override")
+    override = override_of(session=session, submission=submission)
+    before = None if override is None else {"score": override.score, "reason": override.reason}
+    if override is None:
+        override = ScoreOverride(submission_id=submission.id)
+        session.add(override)
+    override.score = float(score)
+    override.reason = text
+    override.created_by_id = actor.id
+    audit.record(
+        session=session,
+        actor=actor,
+        action="score.override",
+        target_type="submission",
+        target_id=submission.id,
+        course_id=submission.assignment.course_id,
+        score=override.score,
+        reason=text,
+        before=before,
+        autograded=submission.score,
+    )
+    session.flush()
+    session.refresh(override)
+    return override
+
+
+def remove_override(*, session: Session, submission: Submission, actor: User, reason: str) -> None:
+    """Give a submission its computed score back (staff, reason required, audit-logged). The caller commits."""
+    override = override_of(session=session, submission=submission)
+    if override is None:
+        raise NotFound(f"Submission {submission.id} has no score override.")
+    text = clean_reason(reason, "removing an override")
+    audit.record(
+        session=session,
+        actor=actor,
+        action="score.override_removed",
+        target_type="submission",
+        target_id=submission.id,
+        course_id=submission.assignment.course_id,
+        score=override.score,
+        reason=text,
+    )
+    session.delete(override)
+    session.flush()

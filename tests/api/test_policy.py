@@ -249,3 +249,12 @@ def test_course_total_weights_each_assignment(world: World, solution_bytes: byte
         ).status_code
         == 403
     )
+
+
+def test_a_submission_being_regraded_keeps_counting_with_its_score(world: World, solution_bytes: bytes):
+    configure_assignment(world, due_at=datetime.now(UTC) + timedelta(days=1))
+    first = graded_submission(world, solution_bytes, at=datetime.now(UTC) - timedelta(hours=1), points=8.0)
+    regrade = world.client.post(f"/api/submissions/{first}/regrade", headers=world.ta.headers)
+    assert regrade.status_code == 200, regrade.text
+    grade = my_grade(world)
+    assert grade["score"] == 8.0 and grade["counted"]["status"] == "queued"
