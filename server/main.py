@@ -25,6 +25,8 @@ from server.leaderboard.router import router as leaderboard_router
 from server.pages.errors import error_page, wants_page
 from server.pages.render import STATIC_DIR
 from server.pages.router import router as pages_router
+from server.pages.staff import router as staff_pages_router
+from server.pages.student import router as student_pages_router
 from server.policy.router import router as policy_router
 from server.rubrics.router import router as rubrics_router
 from server.settings import Settings, get_settings
@@ -141,6 +143,8 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True) ->
 
     for router in (
         pages_router,
+        student_pages_router,
+        staff_pages_router,
         health_router,
         auth_router,
         assignments_router,
