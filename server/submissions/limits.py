@@ -17,6 +17,7 @@ order in which workers take queued submissions.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -149,6 +150,56 @@ def fair_order(*, queue: str) -> Select[int]:
             Submission.id,
         )
     )
+
+
+def fair_position(*, session: Session, submission: Submission) -> int:
+    """Where ``submission`` stands in :func:`fair_order` if nothing new arrives: 1 is the next to be claimed.
+
+    Replays the workers' choices: each claim takes the lowest lane, then the student served least recently, then
+    the earliest queued, and the student just served becomes the most recently served. Each student's queued
+    submissions are a list (lane, queued_at order); a heap holds each student's first one.
+    """
+    rows = session.execute(
+        select(Submission.id, Submission.user_id, Submission.lane, Submission.queued_at).where(
+            Submission.status == SubmissionStatus.queued, Submission.queue == submission.queue
+        )
+    ).all()
+    served_at = dict(
+        session.execute(
+            select(Submission.user_id, func.max(Submission.started_at))
+            .where(
+                Submission.queue == submission.queue,
+                Submission.user_id.in_({row.user_id for row in rows}),
+                Submission.assignment_id.in_(select(Assignment.id)),
+            )
+            .group_by(Submission.user_id)
+        ).all()
+    )
+    waiting: dict[int, list[tuple[int, datetime, int]]] = {}
+    for row in rows:
+        waiting.setdefault(row.user_id, []).append((row.lane, row.queued_at, row.id))
+    # Never served sorts first, then by the last service; a student served during the replay sorts after both.
+    served: dict[int, tuple[int, float]] = {}
+    for user in waiting:
+        last = served_at.get(user)
+        served[user] = (0, 0.0) if last is None else (1, last.timestamp())
+    heads = []
+    for user, items in waiting.items():
+        items.sort(reverse=True)  # pop() takes the earliest
+        lane, queued_at, submission_id = items[-1]
+        heads.append((lane, served[user], queued_at, submission_id, user))
+    heapq.heapify(heads)
+    position = 0
+    while heads:
+        _lane, _served, _queued, submission_id, user = heapq.heappop(heads)
+        position += 1
+        if submission_id == submission.id:
+            return position
+        waiting[user].pop()
+        if waiting[user]:
+            lane, queued_at, next_id = waiting[user][-1]
+            heapq.heappush(heads, (lane, (2, float(position)), queued_at, next_id, user))
+    return position + 1
 
 
 def _locked_bucket(session: Session, assignment: Assignment, user: User) -> RateBucket:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from server.assignments import service as assignments
@@ -133,22 +133,10 @@ def list_for_assignment(
 
 
 def queue_position(*, session: Session, submission: Submission) -> int | None:
-    """1 for the next submission to be graded on its queue; None once it is no longer queued."""
+    """1 for the next submission to be graded on its queue (in the workers' fair order); None once not queued."""
     if submission.status != SubmissionStatus.queued:
         return None
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Submission)
-        .where(
-            Submission.status == SubmissionStatus.queued,
-            Submission.queue == submission.queue,
-            or_(
-                Submission.queued_at < submission.queued_at,
-                and_(Submission.queued_at == submission.queued_at, Submission.id < submission.id),
-            ),
-        )
-    )
-    return (ahead or 0) + 1
+    return limits.fair_position(session=session, submission=submission)
 
 
 def latest_run(*, session: Session, submission: Submission) -> GradingRun | None:

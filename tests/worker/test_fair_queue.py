@@ -365,3 +365,22 @@ def test_a_remeasurement_adds_a_run_but_leaves_the_grade_alone(world: World, sol
             10.0,
         )
         assert (run.purpose, run.score) == ("remeasure", 10.0)
+
+
+def test_the_queue_position_shown_is_where_the_fair_order_will_take_it(
+    world: World, solution_bytes: bytes
+) -> None:
+    from server.submissions.service import queue_position
+
+    allow_bursts(world)
+    first = first_submission(world, world.alice, solution_bytes)
+    burst = [first, *queue_more(world, first, world.alice, 9)]
+    lone = queue_more(world, first, world.bob, 1)[0]
+    with world.session() as session:
+        shown = {
+            submission_id: queue_position(session=session, submission=session.get(Submission, submission_id))
+            for submission_id in [*burst, lone]
+        }
+    assert shown[lone] == 2  # behind alice's first, not behind her whole burst
+    order = deliver(world, context(world), [*burst, lone])
+    assert [shown[submission_id] for submission_id in order] == list(range(1, 12))
