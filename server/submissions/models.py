@@ -63,6 +63,8 @@ class Submission(Base):
     __table_args__ = (
         Index("ix_submissions_status_queue", "status", "queue", "queued_at"),
         Index("ix_submissions_assignment_user", "assignment_id", "user_id"),
+        # The fair claim asks when each waiting student was last served on a queue.
+        Index("ix_submissions_queue_user_started", "queue", "user_id", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

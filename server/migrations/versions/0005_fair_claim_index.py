@@ -1,0 +1,27 @@
+"""submissions: an index for the fair claim (when each waiting student was last served on a queue)
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-29 15:00:00
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("submissions", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_submissions_queue_user_started", ["queue", "user_id", "started_at"], unique=False
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("submissions", schema=None) as batch_op:
+        batch_op.drop_index("ix_submissions_queue_user_started")
