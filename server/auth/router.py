@@ -13,6 +13,7 @@ from server.auth.models import ApiToken, User
 from server.courses.models import Enrollment
 from server.deps import SESSION_COOKIE, CurrentUser, SessionDep, SettingsDep
 from server.errors import BadRequest
+from server.settings import AuthSettings
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -74,6 +75,20 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def set_session_cookie(response: Response, token: str, auth: AuthSettings) -> None:
+    """The browser session cookie, for the API's login and the login page alike: HttpOnly, SameSite=Lax, and
+    gone when the session would expire anyway."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(auth.session_hours * 3600),
+        httponly=True,
+        samesite="lax",
+        secure=auth.cookie_secure,
+        path="/",
+    )
+
+
 def user_out(session: SessionDep, user: User) -> UserOut:
     enrollments = session.scalars(
         select(Enrollment).where(Enrollment.user_id == user.id).order_by(Enrollment.id)
@@ -113,15 +128,7 @@ def login(
         session=session, user=user, hours=settings.auth.session_hours
     )
     session.commit()
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(settings.auth.session_hours * 3600),
-        httponly=True,
-        samesite="lax",
-        secure=settings.auth.cookie_secure,
-        path="/",
-    )
+    set_session_cookie(response, token, settings.auth)
     return MeOut(user=user_out(session, user), csrf_token=browser_session.csrf_token)
 
 

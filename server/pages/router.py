@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from server.auth import service as auth_service
 from server.auth.models import User
-from server.auth.router import client_ip
+from server.auth.router import client_ip, set_session_cookie
 from server.deps import SESSION_COOKIE, SessionDep, SettingsDep
 from server.errors import DomainError, TooManyRequests
 from server.pages import i18n
@@ -48,6 +48,20 @@ def login_page(request: Request, user: OptionalPageUser, next: str | None = None
     return response
 
 
+def _login_refused(request: Request, *, status_code: int, next: str, username: str, error: str) -> Response:
+    """The login form again, saying why: what the user typed stays; the password never comes back."""
+    request.state.csrf_token = request.cookies.get(PRE_SESSION_CSRF_COOKIE)
+    return render(
+        request,
+        "login.html",
+        user=None,
+        status_code=status_code,
+        next=safe_next(next, ""),
+        username=username,
+        error=error,
+    )
+
+
 @router.post("/login", response_class=HTMLResponse)
 def login_submit(
     request: Request,
@@ -64,28 +78,10 @@ def login_submit(
             session=session, username=username.strip(), password=password, client_ip=client_ip(request)
         )
     except TooManyRequests as exc:
-        request.state.csrf_token = request.cookies.get(PRE_SESSION_CSRF_COOKIE)
-        return render(
-            request,
-            "login.html",
-            user=None,
-            status_code=429,
-            next=safe_next(next, ""),
-            username=username,
-            error=exc.message,
-        )
+        return _login_refused(request, status_code=429, next=next, username=username, error=exc.message)
     except DomainError:
-        request.state.csrf_token = request.cookies.get(PRE_SESSION_CSRF_COOKIE)
-        language = i18n.negotiate(request, None)
-        return render(
-            request,
-            "login.html",
-            user=None,
-            status_code=400,
-            next=safe_next(next, ""),
-            username=username,  # what the user typed stays; the password never comes back
-            error=i18n.translator(language)("login.error"),
-        )
+        error = i18n.translator(i18n.negotiate(request, None))("login.error")
+        return _login_refused(request, status_code=400, next=next, username=username, error=error)
     token, _ = auth_service.start_browser_session(
         session=session, user=user, hours=settings.auth.session_hours
     )
@@ -93,15 +89,7 @@ def login_submit(
         user.language = request.cookies[i18n.LANGUAGE_COOKIE]
     session.commit()
     response = _see_other(safe_next(next))
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(settings.auth.session_hours * 3600),
-        httponly=True,
-        samesite="lax",
-        secure=settings.auth.cookie_secure,
-        path="/",
-    )
+    set_session_cookie(response, token, settings.auth)
     response.delete_cookie(PRE_SESSION_CSRF_COOKIE, path="/login")
     return response
 

@@ -11,6 +11,8 @@ gets the 403 page, someone outside the course a 404, and every form posts with t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -20,10 +22,9 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from graders.package import PackageError, load_package
-from server import queue
 from server.assignments import service as assignments
 from server.assignments.models import Assignment
-from server.audit import service as audit
+from server.assignments.service import AssignmentAccess
 from server.auth.models import User
 from server.bootstrap import course_packages
 from server.courses import service as courses
@@ -86,14 +87,63 @@ def _translator(request: Request, user: User) -> i18n.Translate:
     return i18n.translator(i18n.negotiate(request, user))
 
 
-def _page(
-    request: Request, template: str, *, user: User, status_code: int = 200, **context: Any
-) -> HTMLResponse:
-    t = _translator(request, user)
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at a staff page, and in which language; its loaders answer 404 or 403 as the API does."""
+
+    request: Request
+    session: Session
+    user: User
+    t: i18n.Translate
+
+    def course(self, slug: str, *, instructor: bool = False) -> tuple[Course, Role]:
+        return views.staff_course(self.session, self.user, self.t, slug, instructor=instructor)
+
+    def assignment(self, course: str, slug: str, *, instructor: bool = False) -> AssignmentAccess:
+        return views.staff_assignment(self.session, self.user, self.t, course, slug, instructor=instructor)
+
+    def submission(self, submission_id: int) -> Submission:
+        return views.staff_submission(self.session, self.user, self.t, submission_id)
+
+
+@dataclass(frozen=True)
+class Posted(Viewer):
+    """A staff form whose CSRF token was checked before anything was loaded or changed, and its text fields."""
+
+    form: dict[str, str]
+
+    def saved(self, url: str) -> RedirectResponse:
+        """Keep what the form changed, then show ``url`` (post, redirect, get)."""
+        self.session.commit()
+        return _see_other(url)
+
+    def refused(
+        self, page: Callable[..., HTMLResponse], *args: Any, status_code: int = 400, **context: Any
+    ) -> HTMLResponse:
+        """Keep nothing the refused form changed, and show its page again saying why."""
+        self.session.rollback()
+        return page(self, *args, status_code=status_code, **context)
+
+
+def staff_viewer(request: Request, session: SessionDep, user: PageUser) -> Viewer:
+    return Viewer(request, session, user, _translator(request, user))
+
+
+def staff_form(request: Request, session: SessionDep, user: PageUser, form: FormFields) -> Posted:
+    check_form_csrf(request, form.get("csrf_token"))
+    return Posted(request, session, user, _translator(request, user), form)
+
+
+StaffViewer = Annotated[Viewer, Depends(staff_viewer)]
+StaffForm = Annotated[Posted, Depends(staff_form)]
+
+
+def _page(viewer: Viewer, template: str, *, status_code: int = 200, **context: Any) -> HTMLResponse:
+    t = viewer.t
     return render(
-        request,
+        viewer.request,
         template,
-        user=user,
+        user=viewer.user,
         status_code=status_code,
         local_text=policy.local_text,
         score_text=views.score_text,
@@ -114,13 +164,17 @@ def _assignment_url(assignment: Assignment, tail: str = "") -> str:
     return f"/staff/{assignment.course.slug}/assignments/{assignment.slug}{tail}"
 
 
+def _submission_url(submission: Submission, done: str) -> str:
+    return f"/staff/submissions/{submission.id}?done={done}"
+
+
 # -- home -------------------------------------------------------------------------------------------------------
 
 
 @router.get("", response_class=HTMLResponse)
-def home(request: Request, session: SessionDep, user: PageUser) -> Response:
-    t = _translator(request, user)
-    taught = views.staff_courses(session, user)
+def home(viewer: StaffViewer) -> Response:
+    session, t = viewer.session, viewer.t
+    taught = views.staff_courses(session, viewer.user)
     if not taught:
         raise Forbidden(t("staff.error.forbidden"))
     listing: list[tuple[Course, Role, list[Assignment]]] = []
@@ -132,9 +186,7 @@ def home(request: Request, session: SessionDep, user: PageUser) -> Response:
         )
         listing.append((course, role, list(rows)))
     counts = views.submission_counts(session, [a.id for _, _, rows in listing for a in rows])
-    return _page(
-        request, "staff/home.html", user=user, title=t("staff.home.title"), listing=listing, counts=counts
-    )
+    return _page(viewer, "staff/home.html", title=t("staff.home.title"), listing=listing, counts=counts)
 
 
 # -- a new assignment from a package -----------------------------------------------------------------------------
@@ -156,9 +208,7 @@ def _packages(session: Session, course: Course) -> list[dict[str, Any]]:
 
 
 def _new_page(
-    request: Request,
-    session: Session,
-    user: User,
+    viewer: Viewer,
     course: Course,
     *,
     status_code: int = 200,
@@ -166,15 +216,13 @@ def _new_page(
     visible: bool = False,
     error: str | None = None,
 ) -> HTMLResponse:
-    t = _translator(request, user)
     return _page(
-        request,
+        viewer,
         "staff/new_assignment.html",
-        user=user,
         status_code=status_code,
-        title=t("staff.new.title"),
+        title=viewer.t("staff.new.title"),
         course=course,
-        packages=_packages(session, course),
+        packages=_packages(viewer.session, course),
         chosen=chosen,
         visible=visible,
         error=error,
@@ -182,57 +230,44 @@ def _new_page(
 
 
 @router.get("/{course}/assignments/new", response_class=HTMLResponse)
-def new_assignment(request: Request, course: str, session: SessionDep, user: PageUser) -> Response:
-    target, _ = views.staff_course(session, user, _translator(request, user), course, instructor=True)
-    return _new_page(request, session, user, target)
+def new_assignment(course: str, viewer: StaffViewer) -> Response:
+    target, _ = viewer.course(course, instructor=True)
+    return _new_page(viewer, target)
 
 
 @router.post("/{course}/assignments/new", response_class=HTMLResponse)
-def create_assignment(
-    request: Request, course: str, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    target, _ = views.staff_course(session, user, t, course, instructor=True)
-    chosen = form.get("package", "")
-    visible = bool(form.get("published"))
+def create_assignment(course: str, post: StaffForm) -> Response:
+    target, _ = post.course(course, instructor=True)
+    chosen = post.form.get("package", "")
+    visible = bool(post.form.get("published"))
     package = next(
-        (item for item in _packages(session, target) if item["slug"] == chosen and item["error"] is None),
+        (
+            item
+            for item in _packages(post.session, target)
+            if item["slug"] == chosen and item["error"] is None
+        ),
         None,
     )
     if package is None:
-        return _new_page(
-            request,
-            session,
-            user,
-            target,
-            status_code=400,
-            chosen=chosen,
-            visible=visible,
-            error=t("staff.new.choose"),
+        return post.refused(
+            _new_page, target, chosen=chosen, visible=visible, error=post.t("staff.new.choose")
         )
     try:
         assignment = assignments.publish_package(
-            session=session, course=target, path=package["path"], actor=user, published=visible
+            session=post.session, course=target, path=package["path"], actor=post.user, published=visible
         )
     except BadRequest as exc:
-        session.rollback()
-        return _new_page(
-            request, session, user, target, status_code=400, chosen=chosen, visible=visible, error=exc.message
-        )
-    session.commit()
-    return _see_other(_assignment_url(assignment, "/settings?done=created"))
+        return post.refused(_new_page, target, chosen=chosen, visible=visible, error=exc.message)
+    return post.saved(_assignment_url(assignment, "/settings?done=created"))
 
 
 # -- an assignment: overview, grades and charts ------------------------------------------------------------------
 
 
 @router.get("/{course}/assignments/{slug}", response_class=HTMLResponse)
-def assignment_overview(
-    request: Request, course: str, slug: str, session: SessionDep, user: PageUser, done: str | None = None
-) -> Response:
-    t = _translator(request, user)
-    access = views.staff_assignment(session, user, t, course, slug)
+def assignment_overview(course: str, slug: str, viewer: StaffViewer, done: str | None = None) -> Response:
+    session, t = viewer.session, viewer.t
+    access = viewer.assignment(course, slug)
     assignment = access.assignment
     grades = policy.assignment_grades(session=session, assignment=assignment)
     submitted = views.submissions_per_student(session, assignment)
@@ -251,9 +286,8 @@ def assignment_overview(
     counted = [grade.score for grade in grades if grade.counted is not None]
     manifest = assignment.bundle.manifest
     return _page(
-        request,
+        viewer,
         "staff/assignment.html",
-        user=user,
         title=assignment.title,
         access=access,
         instructor=access.role == Role.instructor,
@@ -271,21 +305,17 @@ def assignment_overview(
 
 
 @router.post("/{course}/assignments/{slug}/publish")
-def publish(
-    request: Request, course: str, slug: str, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
+def publish(course: str, slug: str, post: StaffForm) -> Response:
     """Show the assignment to students, or hide it again (instructors)."""
-    check_form_csrf(request, form.get("csrf_token"))
-    access = views.staff_assignment(session, user, _translator(request, user), course, slug, instructor=True)
+    access = post.assignment(course, slug, instructor=True)
     policy.apply_settings(
-        session=session,
+        session=post.session,
         assignment=access.assignment,
-        actor=user,
-        changes={"published": form.get("published") == "1"},
+        actor=post.user,
+        changes={"published": post.form.get("published") == "1"},
     )
-    session.commit()
-    back = safe_next(form.get("next"), _assignment_url(access.assignment))
-    return _see_other(back + ("&" if "?" in back else "?") + "done=published")
+    back = safe_next(post.form.get("next"), _assignment_url(access.assignment))
+    return post.saved(back + ("&" if "?" in back else "?") + "done=published")
 
 
 # -- an assignment's settings (instructors) ----------------------------------------------------------------------
@@ -295,8 +325,7 @@ FORM_FIELD = {"rate_limit_window_s": "rate_limit_window_min", "late_policy": "la
 
 
 def _settings_page(
-    request: Request,
-    user: User,
+    viewer: Viewer,
     assignment: Assignment,
     values: dict[str, str],
     *,
@@ -304,12 +333,11 @@ def _settings_page(
     errors: dict[str, str] | None = None,
     done: str | None = None,
 ) -> HTMLResponse:
-    t = _translator(request, user)
+    t = viewer.t
     manifest = assignment.bundle.manifest
     return _page(
-        request,
+        viewer,
         "staff/settings.html",
-        user=user,
         status_code=status_code,
         title=t("staff.settings.title", title=assignment.title),
         assignment=assignment,
@@ -324,67 +352,47 @@ def _settings_page(
 
 
 @router.get("/{course}/assignments/{slug}/settings", response_class=HTMLResponse)
-def settings_form(
-    request: Request, course: str, slug: str, session: SessionDep, user: PageUser, done: str | None = None
-) -> Response:
-    access = views.staff_assignment(session, user, _translator(request, user), course, slug, instructor=True)
-    assignment = access.assignment
-    return _settings_page(request, user, assignment, views.settings_values(assignment), done=_done(done))
+def settings_form(course: str, slug: str, viewer: StaffViewer, done: str | None = None) -> Response:
+    assignment = viewer.assignment(course, slug, instructor=True).assignment
+    return _settings_page(viewer, assignment, views.settings_values(assignment), done=_done(done))
 
 
 @router.post("/{course}/assignments/{slug}/settings", response_class=HTMLResponse)
-def save_settings(
-    request: Request, course: str, slug: str, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    access = views.staff_assignment(session, user, t, course, slug, instructor=True)
-    assignment = access.assignment
-    values, changes, errors = views.parse_settings(t, assignment, form)
+def save_settings(course: str, slug: str, post: StaffForm) -> Response:
+    assignment = post.assignment(course, slug, instructor=True).assignment
+    values, changes, errors = views.parse_settings(post.t, assignment, post.form)
     if errors:
-        return _settings_page(request, user, assignment, values, status_code=400, errors=errors)
+        return post.refused(_settings_page, assignment, values, errors=errors)
     if not changes:
         return _see_other(_assignment_url(assignment, "/settings?done=unchanged"))
     try:
         policy.apply_settings(
-            session=session,
+            session=post.session,
             assignment=assignment,
-            actor=user,
+            actor=post.user,
             changes=changes,
             allow_past_deadline=bool(values["allow_past_deadline"]),
         )
     except BadRequest as exc:
-        session.rollback()
         field = str(exc.details.get("field") or "form")
-        return _settings_page(
-            request,
-            user,
-            assignment,
-            values,
-            status_code=400,
-            errors={FORM_FIELD.get(field, field): views.explain(t, exc)},
-        )
-    session.commit()
-    return _see_other(_assignment_url(assignment, "/settings?done=saved"))
+        errors = {FORM_FIELD.get(field, field): views.explain(post.t, exc)}
+        return post.refused(_settings_page, assignment, values, errors=errors)
+    return post.saved(_assignment_url(assignment, "/settings?done=saved"))
 
 
 # -- submissions ------------------------------------------------------------------------------------------------
 
 
 @router.get("/{course}/assignments/{slug}/submissions", response_class=HTMLResponse)
-def submission_list(
-    request: Request, course: str, slug: str, session: SessionDep, user: PageUser
-) -> Response:
-    t = _translator(request, user)
-    access = views.staff_assignment(session, user, t, course, slug)
-    assignment = access.assignment
+def submission_list(request: Request, course: str, slug: str, viewer: StaffViewer) -> Response:
+    session, t = viewer.session, viewer.t
+    assignment = viewer.assignment(course, slug).assignment
     filters = views.parse_filters(t, request.query_params)
     total, rows = views.submission_rows(session, t, assignment, filters)
     pages = max(1, -(-total // views.PAGE_SIZE))
     return _page(
-        request,
+        viewer,
         "staff/submissions.html",
-        user=user,
         status_code=400 if filters.errors else 200,
         title=t("staff.submissions.title", title=assignment.title),
         assignment=assignment,
@@ -402,12 +410,9 @@ def submission_list(
 
 
 @router.get("/{course}/assignments/{slug}/students/{username}", response_class=HTMLResponse)
-def student_history(
-    request: Request, course: str, slug: str, username: str, session: SessionDep, user: PageUser
-) -> Response:
-    t = _translator(request, user)
-    access = views.staff_assignment(session, user, t, course, slug)
-    assignment = access.assignment
+def student_history(course: str, slug: str, username: str, viewer: StaffViewer) -> Response:
+    session, t = viewer.session, viewer.t
+    assignment = viewer.assignment(course, slug).assignment
     student = views.member(session, t, assignment.course, username)
     grade = policy.student_grade(session=session, assignment=assignment, user=student)
     by_id, counted = views.grades_by_submission([grade])
@@ -416,9 +421,8 @@ def student_history(
         for submission in submissions.list_for_user(session=session, user=student, assignment=assignment)
     ]
     return _page(
-        request,
+        viewer,
         "staff/student.html",
-        user=user,
         title=t("staff.student.title", username=student.username, title=assignment.title),
         assignment=assignment,
         course=assignment.course,
@@ -434,16 +438,14 @@ def student_history(
 
 
 def _submission_page(
-    request: Request,
-    session: Session,
-    user: User,
+    viewer: Viewer,
     submission: Submission,
     *,
     status_code: int = 200,
     done: str | None = None,
     **forms: Any,
 ) -> HTMLResponse:
-    t = _translator(request, user)
+    session, t = viewer.session, viewer.t
     assignment = submission.assignment
     manifest = submission.assignment.bundle.manifest
     run = submissions.latest_run(session=session, submission=submission)
@@ -481,9 +483,8 @@ def _submission_page(
         "rubric_errors": {},
     }
     return _page(
-        request,
+        viewer,
         "staff/submission.html",
-        user=user,
         status_code=status_code,
         title=t("staff.submission.title", id=submission.id),
         submission=submission,
@@ -511,158 +512,86 @@ def _submission_page(
 
 
 @router.get("/submissions/{submission_id:int}", response_class=HTMLResponse)
-def submission_page(
-    request: Request, submission_id: int, session: SessionDep, user: PageUser, done: str | None = None
-) -> Response:
-    submission = views.staff_submission(session, user, _translator(request, user), submission_id)
-    return _submission_page(request, session, user, submission, done=done)
-
-
-def _back_to(submission: Submission, done: str) -> RedirectResponse:
-    return _see_other(f"/staff/submissions/{submission.id}?done={done}")
+def submission_page(submission_id: int, viewer: StaffViewer, done: str | None = None) -> Response:
+    return _submission_page(viewer, viewer.submission(submission_id), done=done)
 
 
 @router.post("/submissions/{submission_id:int}/override", response_class=HTMLResponse)
-def override_score(
-    request: Request, submission_id: int, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
+def override_score(submission_id: int, post: StaffForm) -> Response:
     """Replace the score (reason required; the student sees both; audit-logged)."""
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    submission = views.staff_submission(session, user, t, submission_id)
-    typed = {"score": form.get("score", "").strip()[:32], "reason": form.get("reason", "")[:5000]}
+    submission = post.submission(submission_id)
+    typed = {"score": post.form.get("score", "").strip()[:32], "reason": post.form.get("reason", "")[:5000]}
     score = views.parse_number(typed["score"])
     if score is None:
-        return _submission_page(
-            request,
-            session,
-            user,
+        return post.refused(
+            _submission_page,
             submission,
-            status_code=400,
             override_values=typed,
-            override_error=t("staff.override.not_a_number"),
+            override_error=post.t("staff.override.not_a_number"),
             override_field="score",
         )
     try:
         policy.set_override(
-            session=session, submission=submission, actor=user, score=score, reason=typed["reason"]
+            session=post.session, submission=submission, actor=post.user, score=score, reason=typed["reason"]
         )
     except BadRequest as exc:
-        session.rollback()
-        return _submission_page(
-            request,
-            session,
-            user,
+        return post.refused(
+            _submission_page,
             submission,
-            status_code=400,
             override_values=typed,
-            override_error=views.explain(t, exc),
+            override_error=views.explain(post.t, exc),
             override_field="score" if exc.code == "score_out_of_range" else "reason",
         )
-    session.commit()
-    return _back_to(submission, "override")
+    return post.saved(_submission_url(submission, "override"))
 
 
 @router.post("/submissions/{submission_id:int}/override/remove", response_class=HTMLResponse)
-def remove_override(
-    request: Request, submission_id: int, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    submission = views.staff_submission(session, user, t, submission_id)
-    reason = form.get("reason", "")[:5000]
+def remove_override(submission_id: int, post: StaffForm) -> Response:
+    submission = post.submission(submission_id)
+    reason = post.form.get("reason", "")[:5000]
     try:
-        policy.remove_override(session=session, submission=submission, actor=user, reason=reason)
+        policy.remove_override(session=post.session, submission=submission, actor=post.user, reason=reason)
     except (BadRequest, NotFound) as exc:
-        session.rollback()
-        return _submission_page(
-            request,
-            session,
-            user,
-            submission,
-            status_code=400,
-            remove_error=views.explain(t, exc),
-            remove_reason=reason,
+        return post.refused(
+            _submission_page, submission, remove_error=views.explain(post.t, exc), remove_reason=reason
         )
-    session.commit()
-    return _back_to(submission, "override_removed")
+    return post.saved(_submission_url(submission, "override_removed"))
 
 
 @router.post("/submissions/{submission_id:int}/regrade", response_class=HTMLResponse)
-def regrade(
-    request: Request, submission_id: int, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
+def regrade(submission_id: int, post: StaffForm) -> Response:
     """Grade the submission again with the assignment's current grader, in the staff lane (as the API does)."""
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    submission = views.staff_submission(session, user, t, submission_id)
-    assignment = submission.assignment
-    if submissions.is_manual(assignment.bundle.manifest):
-        return _submission_page(
-            request, session, user, submission, status_code=409, regrade_error=t("staff.regrade.manual")
-        )
-    done = regrades.requeue(
-        session=session, assignment=assignment, submission_ids=[submission.id], now=utcnow()
-    )
-    if not done.requeued:
-        return _submission_page(
-            request, session, user, submission, status_code=409, regrade_error=t("staff.regrade.busy")
-        )
-    audit.record(
-        session=session,
-        actor=user,
-        action="submission.regrade",
-        target_type="submission",
-        target_id=submission.id,
-        course_id=assignment.course_id,
-        bundle_sha256=assignment.bundle.sha256,
-    )
-    session.commit()
-    # After the commit, as the API does; if the broker is down the sweeper sends it later.
-    queue.enqueue_grading(
-        submission.id, queue=assignment.queue, time_limit_s=float(assignment.bundle.manifest["time_limit_s"])
-    )
-    return _back_to(submission, "regrade")
+    submission = post.submission(submission_id)
+    try:
+        regrades.regrade_one(session=post.session, submission=submission, actor=post.user)
+    except Conflict as exc:
+        why = post.t("staff.regrade.manual" if exc.code == "manual_grading" else "staff.regrade.busy")
+        return post.refused(_submission_page, submission, status_code=409, regrade_error=why)
+    return _see_other(_submission_url(submission, "regrade"))
 
 
 @router.post("/submissions/{submission_id:int}/rubric", response_class=HTMLResponse)
-def rubric_scores(
-    request: Request, submission_id: int, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
+def rubric_scores(submission_id: int, post: StaffForm) -> Response:
     """Points and a comment per criterion; criteria left empty stay as they were."""
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    submission = views.staff_submission(session, user, t, submission_id)
+    submission = post.submission(submission_id)
     if not submissions.is_manual(submission.assignment.bundle.manifest):
-        raise Conflict(t("staff.rubric.not_manual"))
-    scores, errors = views.parse_rubric(t, rubrics.criteria_of(submission), form)
+        raise Conflict(post.t("staff.rubric.not_manual"))
+    scores, errors = views.parse_rubric(post.t, rubrics.criteria_of(submission), post.form)
     if not errors:
         try:
-            rubrics.set_scores(session=session, submission=submission, grader=user, scores=scores)
+            rubrics.set_scores(session=post.session, submission=submission, grader=post.user, scores=scores)
         except DomainError as exc:
-            session.rollback()
-            errors = {"form": views.explain(t, exc)}
+            errors = {"form": views.explain(post.t, exc)}
     if errors:
-        return _submission_page(
-            request,
-            session,
-            user,
-            submission,
-            status_code=400,
-            rubric_values=form,
-            rubric_errors=errors,
-        )
-    session.commit()
-    return _back_to(submission, "rubric")
+        return post.refused(_submission_page, submission, rubric_values=post.form, rubric_errors=errors)
+    return post.saved(_submission_url(submission, "rubric"))
 
 
 # -- the roster -------------------------------------------------------------------------------------------------
 
 
 def _roster_page(
-    request: Request,
-    session: Session,
-    user: User,
+    viewer: Viewer,
     course: Course,
     role: Role,
     *,
@@ -674,9 +603,8 @@ def _roster_page(
     role_error: str | None = None,
     done: str | None = None,
 ) -> HTMLResponse:
-    t = _translator(request, user)
     enrollments = list(
-        session.scalars(
+        viewer.session.scalars(
             select(Enrollment)
             .join(User, User.id == Enrollment.user_id)
             .where(Enrollment.course_id == course.id)
@@ -684,11 +612,10 @@ def _roster_page(
         )
     )
     return _page(
-        request,
+        viewer,
         "staff/roster.html",
-        user=user,
         status_code=status_code,
-        title=t("staff.roster.title"),
+        title=viewer.t("staff.roster.title"),
         course=course,
         instructor=role == Role.instructor,
         enrollments=enrollments,
@@ -703,106 +630,76 @@ def _roster_page(
 
 
 @router.get("/{course}/roster", response_class=HTMLResponse)
-def roster(
-    request: Request, course: str, session: SessionDep, user: PageUser, done: str | None = None
-) -> Response:
-    target, role = views.staff_course(session, user, _translator(request, user), course)
-    return _roster_page(request, session, user, target, role, done=done)
+def roster(course: str, viewer: StaffViewer, done: str | None = None) -> Response:
+    target, role = viewer.course(course)
+    return _roster_page(viewer, target, role, done=done)
 
 
 @router.post("/{course}/roster/import", response_class=HTMLResponse)
-def import_roster(
-    request: Request, course: str, session: SessionDep, user: PageUser, form: FormFields, upload: RosterFile
-) -> Response:
+def import_roster(course: str, post: StaffForm, upload: RosterFile) -> Response:
     """Accounts and roles from a CSV file or pasted text: every row, or (on any problem) none."""
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    target, role = views.staff_course(session, user, t, course, instructor=True)
-    csv_text = form.get("csv_text", "")
+    target, role = post.course(course, instructor=True)
+    csv_text = post.form.get("csv_text", "")
     data = upload if upload else csv_text.encode("utf-8")
     if not data.strip():
-        return _roster_page(
-            request, session, user, target, role, status_code=400, import_error=t("staff.roster.empty")
-        )
+        return post.refused(_roster_page, target, role, import_error=post.t("staff.roster.empty"))
     try:
-        result = exports.import_roster(session=session, course=target, actor=user, data=data)
+        result = exports.import_roster(session=post.session, course=target, actor=post.user, data=data)
     except exports.RosterRejected as exc:
-        session.rollback()
-        return _roster_page(
-            request,
-            session,
-            user,
+        return post.refused(
+            _roster_page,
             target,
             role,
-            status_code=400,
             csv_text=csv_text,
-            import_error=t("staff.roster.rejected", n=len(exc.problems)),
+            import_error=post.t("staff.roster.rejected", n=len(exc.problems)),
             problems=exc.problems,
         )
     except DomainError as exc:
-        session.rollback()
-        return _roster_page(
-            request,
-            session,
-            user,
-            target,
-            role,
-            status_code=400,
-            csv_text=csv_text,
-            import_error=views.explain(t, exc),
+        return post.refused(
+            _roster_page, target, role, csv_text=csv_text, import_error=views.explain(post.t, exc)
         )
-    session.commit()
+    post.session.commit()
     # Rendered, not redirected: generated passwords are shown this once.
-    return _roster_page(request, session, user, target, role, imported=result)
+    return _roster_page(post, target, role, imported=result)
 
 
 @router.post("/{course}/roster/{username}/role", response_class=HTMLResponse)
-def change_role(
-    request: Request, course: str, username: str, session: SessionDep, user: PageUser, form: FormFields
-) -> Response:
-    check_form_csrf(request, form.get("csrf_token"))
-    t = _translator(request, user)
-    target, role = views.staff_course(session, user, t, course, instructor=True)
-    member = views.member(session, t, target, username)
+def change_role(course: str, username: str, post: StaffForm) -> Response:
+    target, role = post.course(course, instructor=True)
+    member = views.member(post.session, post.t, target, username)
     try:
-        views.change_role(session, target, actor=user, member=member, role=form.get("role", ""))
-    except DomainError as exc:
-        session.rollback()
-        return _roster_page(
-            request, session, user, target, role, status_code=400, role_error=views.explain(t, exc)
+        views.change_role(
+            post.session, target, actor=post.user, member=member, role=post.form.get("role", "")
         )
-    session.commit()
-    return _see_other(f"/staff/{target.slug}/roster?done=role")
+    except DomainError as exc:
+        return post.refused(_roster_page, target, role, role_error=views.explain(post.t, exc))
+    return post.saved(f"/staff/{target.slug}/roster?done=role")
 
 
 # -- queue and worker health -------------------------------------------------------------------------------------
 
 
 @router.get("/{course}/queue", response_class=HTMLResponse)
-def queue_page(request: Request, course: str, session: SessionDep, user: PageUser) -> Response:
-    t = _translator(request, user)
-    target, _ = views.staff_course(session, user, t, course)
+def queue_page(course: str, viewer: StaffViewer) -> Response:
+    target, _ = viewer.course(course)
     return _page(
-        request,
+        viewer,
         "staff/queue.html",
-        user=user,
-        title=t("staff.queue.title"),
+        title=viewer.t("staff.queue.title"),
         course=target,
-        health=views.queue_health(session, target, utcnow()),
+        health=views.queue_health(viewer.session, target, utcnow()),
         lanes=views.LANES,
     )
 
 
 @router.get("/{course}/queue/panel", response_class=HTMLResponse)
-def queue_panel(request: Request, course: str, session: SessionDep, user: PageUser) -> Response:
+def queue_panel(course: str, viewer: StaffViewer) -> Response:
     """The live part of the queue page, which it reloads every few seconds."""
-    t = _translator(request, user)
-    target, _ = views.staff_course(session, user, t, course)
+    target, _ = viewer.course(course)
     return _page(
-        request,
+        viewer,
         "staff/_queue_panel.html",
-        user=user,
         course=target,
-        health=views.queue_health(session, target, utcnow()),
+        health=views.queue_health(viewer.session, target, utcnow()),
         lanes=views.LANES,
     )

@@ -7,14 +7,13 @@ someone else's submission is "not found", a hidden test is a count, another stud
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from server import queue
 from server.assignments import service as assignments
 from server.assignments.service import AssignmentAccess
 from server.auth.models import User
@@ -29,34 +28,22 @@ from server.pages.render import render
 from server.policy import service as policy
 from server.settings import Settings
 from server.submissions import service as submissions
+from server.submissions.archive import ErrorCode as ArchiveErrorCode
 from server.submissions.models import Submission
 from server.submissions.router import read_parts
 
 router = APIRouter(include_in_schema=False)
 
-# Refusals the upload form explains in the viewer's language (the service's own sentence follows as detail).
-UPLOAD_ERROR_CODES = frozenset(
-    {
-        "empty",
-        "too_large",
-        "too_many_files",
-        "name_not_allowed",
-        "unsafe_path",
-        "link",
-        "special_file",
-        "bomb",
-        "corrupt",
-        "bad_name_encoding",
-        "duplicate",
-        "file_too_large",
-        "missing_files",
-        "not_a_pdf",
-        "not_accepting",
-        "past_deadline",
-        "rate_limited",
-        "too_many_queued",
-    }
-)
+# Refusals the upload form explains in the viewer's language (the service's own sentence follows as detail):
+# the archive's own, and those of the submission service.
+UPLOAD_ERROR_CODES = frozenset(get_args(ArchiveErrorCode)) | {
+    "missing_files",
+    "not_a_pdf",
+    "not_accepting",
+    "past_deadline",
+    "rate_limited",
+    "too_many_queued",
+}
 POLL_STOP = 286  # htmx stops polling an element whose request is answered with this status
 
 
@@ -185,9 +172,10 @@ async def submit(
     limit = min(int(manifest["max_upload_bytes"]), settings.uploads.max_request_bytes)
     # A form sent with no file chosen still has one empty, nameless part.
     chosen = [upload for upload in files or [] if upload.filename]
-
-    def create_and_commit(parts: list[tuple[str, bytes]]) -> Submission:
-        submission = submissions.create(
+    try:
+        parts = await read_parts(chosen, limit)
+        submission = await run_in_threadpool(
+            submissions.submit_and_enqueue,
             session=session,
             user=user,
             access=access,
@@ -195,12 +183,6 @@ async def submit(
             max_request_bytes=settings.uploads.max_request_bytes,
             max_files=settings.uploads.max_files,
         )
-        session.commit()
-        return submission
-
-    try:
-        parts = await read_parts(chosen, limit)
-        submission = await run_in_threadpool(create_and_commit, parts)
     except DomainError as error:
         # Nothing of the upload is kept (nor a token taken from the student's budget).
         await run_in_threadpool(session.rollback)
@@ -214,14 +196,6 @@ async def submit(
             access,
             status_code=error.status_code,
             upload_error=_upload_error(t, error),
-        )
-    if not submissions.is_manual(manifest):
-        # Enqueued after the commit, as the API does: if the broker is down the sweeper sends it later.
-        await run_in_threadpool(
-            queue.enqueue_grading,
-            submission.id,
-            queue=submission.queue,
-            time_limit_s=float(manifest["time_limit_s"]),
         )
     return RedirectResponse(f"/submissions/{submission.id}", status_code=303)
 

@@ -16,9 +16,15 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from server import queue
 from server.assignments.models import Assignment
+from server.audit import service as audit
+from server.auth.models import User
+from server.db import utcnow
+from server.errors import Conflict
 from server.policy import service as policy
 from server.submissions.models import Submission, SubmissionStatus
+from server.submissions.service import is_manual
 
 STAFF_LANE = 1
 FINISHED = [status for status in SubmissionStatus if status.finished]
@@ -97,3 +103,41 @@ def requeue(
     return Requeued(
         requeued=[i for i in ids if i in requeued], in_progress=[i for i in ids if i not in requeued]
     )
+
+
+def refuse_manual(assignment: Assignment) -> None:
+    if is_manual(assignment.bundle.manifest):
+        raise Conflict("This assignment is graded by rubric, not by a worker.", code="manual_grading")
+
+
+def send(assignment: Assignment, submission_ids: list[int]) -> None:
+    """One task per requeued submission, after the commit (the sweeper re-sends any the broker loses)."""
+    time_limit_s = float(assignment.bundle.manifest["time_limit_s"])
+    for submission_id in submission_ids:
+        queue.enqueue_grading(submission_id, queue=assignment.queue, time_limit_s=time_limit_s)
+
+
+def regrade_one(*, session: Session, submission: Submission, actor: User) -> None:
+    """Grade one submission again with its assignment's current grader, in the staff lane: requeued,
+    audit-logged and committed here, because its task may only be sent after the commit.
+
+    Refuses (Conflict) a rubric-graded assignment ('manual_grading') and a submission still queued or running
+    ('not_finished'); the caller checks who may regrade, and rolls back on a refusal.
+    """
+    assignment = submission.assignment
+    refuse_manual(assignment)
+    done = requeue(session=session, assignment=assignment, submission_ids=[submission.id], now=utcnow())
+    if not done.requeued:
+        raise Conflict("This submission is still queued or running.", code="not_finished")
+    audit.record(
+        session=session,
+        actor=actor,
+        action="submission.regrade",
+        target_type="submission",
+        target_id=submission.id,
+        course_id=assignment.course_id,
+        bundle_sha256=assignment.bundle.sha256,
+    )
+    session.commit()
+    session.refresh(submission)
+    send(assignment, done.requeued)

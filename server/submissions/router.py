@@ -14,13 +14,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from server import queue
 from server.assignments import service as assignments
-from server.assignments.models import Assignment
 from server.audit import service as audit
 from server.db import get_session_factory, utcnow
 from server.deps import CurrentUser, SessionDep, SettingsDep
-from server.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, TooManyRequests
+from server.errors import BadRequest, Forbidden, PayloadTooLarge, TooManyRequests
 from server.submissions import regrade as regrades
 from server.submissions import service
 from server.submissions.models import Blob, Submission, SubmissionStatus
@@ -153,9 +151,9 @@ async def submit(
     manifest = access.assignment.bundle.manifest
     limit = min(int(manifest["max_upload_bytes"]), settings.uploads.max_request_bytes)
     parts = await read_parts(files or [], limit)
-
-    def create_and_commit() -> Submission:
-        submission = service.create(
+    try:
+        submission = await run_in_threadpool(
+            service.submit_and_enqueue,
             session=session,
             user=user,
             access=access,
@@ -163,25 +161,10 @@ async def submit(
             max_request_bytes=settings.uploads.max_request_bytes,
             max_files=settings.uploads.max_files,
         )
-        session.commit()
-        return submission
-
-    try:
-        submission = await run_in_threadpool(create_and_commit)
     except TooManyRequests as refused:
         # Nothing of this upload is kept, and the bucket's lock is let go before the response goes out.
         await run_in_threadpool(session.rollback)
         return too_many_requests(refused)
-    if service.is_manual(manifest):
-        return submission_out(session, submission)
-    # Enqueued only after the commit: a worker never sees a task for a row it cannot read. If the broker is
-    # down the row stays 'queued' and the sweeper sends it later.
-    await run_in_threadpool(
-        queue.enqueue_grading,
-        submission.id,
-        queue=submission.queue,
-        time_limit_s=float(manifest["time_limit_s"]),
-    )
     return submission_out(session, submission)
 
 
@@ -325,43 +308,13 @@ def assignment_submissions(
     }
 
 
-def _refuse_manual(assignment: Assignment) -> None:
-    if service.is_manual(assignment.bundle.manifest):
-        raise Conflict("This assignment is graded by rubric, not by a worker.", code="manual_grading")
-
-
-def _send(assignment: Assignment, submission_ids: list[int]) -> None:
-    """One task per requeued submission, after the commit (the sweeper re-sends any the broker loses)."""
-    time_limit_s = float(assignment.bundle.manifest["time_limit_s"])
-    for submission_id in submission_ids:
-        queue.enqueue_grading(submission_id, queue=assignment.queue, time_limit_s=time_limit_s)
-
-
 @router.post("/submissions/{submission_id}/regrade", response_model=SubmissionOut)
 def regrade(submission_id: int, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """Grade one submission again with the assignment's current grader (staff; it waits behind students)."""
     submission, staff = service.visible_submission(session=session, user=user, submission_id=submission_id)
     if not staff:
         raise Forbidden("Only the course's TAs and instructors can regrade.")
-    assignment = submission.assignment
-    _refuse_manual(assignment)
-    done = regrades.requeue(
-        session=session, assignment=assignment, submission_ids=[submission.id], now=utcnow()
-    )
-    if not done.requeued:
-        raise Conflict("This submission is still queued or running.", code="not_finished")
-    audit.record(
-        session=session,
-        actor=user,
-        action="submission.regrade",
-        target_type="submission",
-        target_id=submission.id,
-        course_id=assignment.course_id,
-        bundle_sha256=assignment.bundle.sha256,
-    )
-    session.commit()
-    session.refresh(submission)
-    _send(assignment, done.requeued)
+    regrades.regrade_one(session=session, submission=submission, actor=user)
     return submission_out(session, submission)
 
 
@@ -389,7 +342,7 @@ def regrade_assignment(
         assignments.get_for_user(session=session, user=user, course_slug=course, slug=slug)
     )
     assignment = access.assignment
-    _refuse_manual(assignment)
+    regrades.refuse_manual(assignment)
     chosen = regrades.targets(session=session, assignment=assignment, scope=body.scope)
     done = regrades.requeue(session=session, assignment=assignment, submission_ids=chosen, now=utcnow())
     audit.record(
@@ -405,7 +358,7 @@ def regrade_assignment(
         bundle_sha256=assignment.bundle.sha256,
     )
     session.commit()
-    _send(assignment, done.requeued)
+    regrades.send(assignment, done.requeued)
     return {
         "scope": body.scope,
         "requeued": len(done.requeued),

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from server import queue
 from server.assignments import service as assignments
 from server.assignments.models import Assignment
 from server.assignments.service import AssignmentAccess
@@ -69,6 +70,38 @@ def create(
         submission.status_message = "Received. The course staff grade it by rubric after the deadline."
     session.add(submission)
     session.flush()
+    return submission
+
+
+def submit_and_enqueue(
+    *,
+    session: Session,
+    user: User,
+    access: AssignmentAccess,
+    parts: Sequence[tuple[str, bytes]],
+    max_request_bytes: int,
+    max_files: int,
+) -> Submission:
+    """Record an upload (see ``create``) and commit it; then, unless the staff grade it by rubric, send it to
+    the workers. The one commit of a submit is here because the task may only go after it: a worker never sees
+    a task for a row it cannot read, and if the broker is down the row stays 'queued' for the sweeper to send.
+
+    On a refusal nothing is committed; the caller rolls back.
+    """
+    submission = create(
+        session=session,
+        user=user,
+        access=access,
+        parts=parts,
+        max_request_bytes=max_request_bytes,
+        max_files=max_files,
+    )
+    session.commit()
+    manifest = access.assignment.bundle.manifest
+    if not is_manual(manifest):
+        queue.enqueue_grading(
+            submission.id, queue=submission.queue, time_limit_s=float(manifest["time_limit_s"])
+        )
     return submission
 
 
