@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from graders.harness import GraderError, load_suite
-from graders.static_check import StaticCheckSpec
+from graders.static_check import UNCHECKABLE_MODULES, StaticCheckSpec
 
 MANIFEST = "assignment.toml"
 README = "handout/README.md"
@@ -160,7 +160,13 @@ _LIMIT_KEYS = {
     "max_processes",
     "max_tensor_elements",
 }
-_STATIC_CHECK_KEYS = {"require_calls", "forbid_calls", "forbid_imports", "require_kernel_launch"}
+_STATIC_CHECK_KEYS = {
+    "require_calls",
+    "forbid_calls",
+    "forbid_imports",
+    "require_kernel_launch",
+    "allow_imports",
+}
 _LEADERBOARD_KEYS = {"metric", "direction", "unit", "label"}
 _TEST_KEYS = {"name", "weight", "visibility", "description", "requires"}
 
@@ -338,12 +344,33 @@ def _parse_static_check(reader: _Reader | None, functions: tuple[str, ...]) -> S
         raise reader.error(
             "require_kernel_launch", f"must be true, false or a list of interface.functions, got {launch!r}"
         )
+    forbid_imports = reader.name_list("forbid_imports")
+    allow_imports = reader.name_list("allow_imports")
+    for module in allow_imports:
+        if not any(_under(module, refused) for refused in UNCHECKABLE_MODULES):
+            raise reader.error(
+                "allow_imports",
+                f"entry {module!r} is not a module the static check refuses; it can allow only "
+                f"{', '.join(sorted(UNCHECKABLE_MODULES))} (or their submodules)",
+            )
+        forbidden = next(
+            (entry for entry in forbid_imports if _under(module, entry) or _under(entry, module)), None
+        )
+        if forbidden is not None:
+            raise reader.error(
+                "allow_imports", f"entry {module!r} overlaps forbid_imports entry {forbidden!r}"
+            )
     return StaticCheckSpec(
         require_calls=reader.name_list("require_calls"),
         forbid_calls=reader.name_list("forbid_calls"),
-        forbid_imports=reader.name_list("forbid_imports"),
+        forbid_imports=forbid_imports,
         require_kernel_launch=require_launch,
+        allow_imports=allow_imports,
     )
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def load_package(path: Path) -> AssignmentPackage:

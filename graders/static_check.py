@@ -7,6 +7,7 @@ An assignment can require and forbid things in ``assignment.toml``::
     forbid_calls = ["torch.softmax", "torch.Tensor.softmax"]
     forbid_imports = ["flash_attn", "xformers"]       # these modules and everything under them
     require_kernel_launch = true                      # checked at run time by the runner, see graders.runner
+    allow_imports = ["multiprocessing"]               # modules the check cannot follow, allowed all the same
 
 The check parses every uploaded ``.py`` file (nothing is imported or executed) and follows names the way Python
 would bind them: ``import torch.nn.functional as F; F.softmax``, ``from torch.nn.functional import softmax as s``,
@@ -20,6 +21,9 @@ When anything is forbidden, code that cannot be followed is a violation too, rep
 allowed for this assignment"): eval/exec/compile, imports and ``getattr`` with names computed at run time,
 private torch internals (``torch._C``, ``torch.ops``), code loaders (``importlib.util``, ``runpy``, ``marshal``,
 ``ctypes``, ``subprocess`` ...), and uploaded files that cannot be read as source (``.pyc``, ``.so``).
+An assignment whose own code needs one of those modules (a handout that starts processes with
+``multiprocessing``) lists it in ``allow_imports``: that module and its submodules are then neither followed
+nor refused.
 
 This is a deterrent, not a proof: the runner's call monitors cross-check at run time and raise staff flags.
 """
@@ -44,16 +48,11 @@ MAX_LISTED_VIOLATIONS = 20
 TENSOR_METHOD_PREFIX = "torch.Tensor."
 # Files Python can import or load but that are not source the check can read.
 UNCHECKABLE_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".pth", ".dylib", ".dll")
-# Ways to run code the check cannot see, and what to call them in a message.
-_UNCHECKABLE_CODE = {
-    "builtins.eval": "eval",
-    "builtins.exec": "exec",
-    "builtins.compile": "compile",
-    "builtins.breakpoint": "breakpoint",
+# Modules that run code the check cannot see (loaders, process spawners), and what to call them in a message.
+# An assignment may allow some of them (``allow_imports``).
+UNCHECKABLE_MODULES = {
     "importlib.util": "importlib.util",
     "importlib.machinery": "importlib.machinery",
-    "importlib.reload": "importlib.reload",
-    "importlib.__import__": "importlib.__import__",
     "runpy": "runpy",
     "marshal": "marshal",
     "pickle": "pickle",
@@ -63,11 +62,23 @@ _UNCHECKABLE_CODE = {
     "cffi": "cffi",
     "code": "the code module",
     "codeop": "codeop",
+    "subprocess": "subprocess",
+    "multiprocessing": "multiprocessing",
+    "torch.utils.cpp_extension": "torch.utils.cpp_extension",
+    "torch.library": "torch.library",
+}
+# Every way to run code the check cannot see: those modules, and functions that never may be allowed.
+_UNCHECKABLE_CODE = {
+    **UNCHECKABLE_MODULES,
+    "builtins.eval": "eval",
+    "builtins.exec": "exec",
+    "builtins.compile": "compile",
+    "builtins.breakpoint": "breakpoint",
+    "importlib.reload": "importlib.reload",
+    "importlib.__import__": "importlib.__import__",
     "types.CodeType": "types.CodeType",
     "types.FunctionType": "types.FunctionType",
     "types.ModuleType": "types.ModuleType",
-    "subprocess": "subprocess",
-    "multiprocessing": "multiprocessing",
     "os.system": "os.system",
     "os.popen": "os.popen",
     "os.execv": "os.execv",
@@ -77,9 +88,7 @@ _UNCHECKABLE_CODE = {
     "os.execlp": "os.execlp",
     "os.spawnv": "os.spawnv",
     "os.posix_spawn": "os.posix_spawn",
-    "torch.utils.cpp_extension": "torch.utils.cpp_extension",
     "torch.ops": "torch.ops",
-    "torch.library": "torch.library",
 }
 # Calls whose first argument names something: resolved when it is a constant, a violation when it is not.
 _NAME_LOOKUPS = {"builtins.getattr", "builtins.hasattr", "inspect.getattr_static"}
@@ -99,6 +108,9 @@ class StaticCheckSpec:
     forbid_calls: tuple[str, ...] = ()
     forbid_imports: tuple[str, ...] = ()
     require_kernel_launch: tuple[str, ...] = ()  # interface functions that must launch a Triton kernel
+    # Modules of UNCHECKABLE_MODULES (or submodules) the submission may use although the check cannot follow
+    # them, e.g. multiprocessing where the handout starts processes.
+    allow_imports: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -205,8 +217,9 @@ class _Rules:
         or reaches private internals of a forbidden function's package. None if it is neither."""
         if not self.spec.forbids:
             return None
+        allowed = any(_under(name, module) for module in self.spec.allow_imports)
         for prefix, label in _UNCHECKABLE_CODE.items():
-            if _under(name, prefix):
+            if _under(name, prefix) and not allowed:
                 return (
                     f"{verb} {label}; not allowed for this assignment (code run that way cannot be checked)"
                 )

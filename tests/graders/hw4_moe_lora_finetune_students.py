@@ -1,8 +1,8 @@
 """Submissions for the hw4-moe-lora-finetune self-test: the reference solution with one planted bug each.
 
 Each bug is an (old text, new text) edit of the solution's moe_lora.py; ``submission(bug)`` returns the edited
-file set (``{relative path: source}``, tiny_llama.py included), failing loudly if the solution no longer contains
-the text to replace.
+file as ``{"moe_lora.py": source}`` (the self-test writes it over the handout, as a student edits their copy),
+failing loudly if the solution no longer contains the text to replace.
 """
 
 from pathlib import Path
@@ -44,14 +44,11 @@ ADAM_WITHOUT_EPS: Edit = (
 
 
 def submission(bug: Edit) -> dict[str, str]:
-    """The solution's files with ``bug`` applied to moe_lora.py."""
+    """The solution's moe_lora.py with ``bug`` applied."""
     old, new = bug
     source = (SOLUTION / "moe_lora.py").read_text()
     if source.count(old) != 1:
         raise AssertionError(
             f"the solution no longer contains exactly one copy of the text to replace: {old!r}"
         )
-    return {
-        "moe_lora.py": source.replace(old, new),
-        "tiny_llama.py": (SOLUTION / "tiny_llama.py").read_text(),
-    }
+    return {"moe_lora.py": source.replace(old, new)}

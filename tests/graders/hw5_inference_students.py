@@ -1,14 +1,14 @@
 """Submissions for the hw5-inference self-test: the reference solution with one planted bug each.
 
-Each bug is a (file, old text, new text) edit of the solution; ``submission(bug)`` returns the edited file set
-(``{relative path: source}``), failing loudly if the solution no longer contains the text to replace.
+The solution holds only the files a student writes (the self-test writes them over the handout, which has the
+rest). Each bug is a (file, old text, new text) edit of the solution; ``submission(bug)`` returns the edited
+file set (``{relative path: source}``), failing loudly if the solution no longer contains the text to replace.
 """
 
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "graders" / "hw5-inference"
 SOLUTION = PACKAGE / "solution"
-HANDOUT = PACKAGE / "handout"
 
 Edit = tuple[str, str, str]
 

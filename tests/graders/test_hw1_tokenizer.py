@@ -5,19 +5,18 @@ shipped corpus is what its script writes."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from graders.harness import grade
 from graders.package import load_package
 from graders.static_check import check_package_sources
 from tests.graders import hw1_tokenizer_students as students
-from tests.graders.conftest import Graded, run_public_tests, runner_options, start_runner
+from tests.graders.conftest import Graded, Grading, PackageGrader, PublicRun
 
 HW1 = students.HW1
+SOLUTION_DIR = HW1 / "solution"
+SEED = 2027
 FUNCTIONS = ["train_bpe", "encode", "encode_iterable", "decode", "rope", "embedding"]
 TRAIN_TESTS = {
     "train_bpe_small",
@@ -44,30 +43,35 @@ ALL_TESTS = TRAIN_TESTS | {
     "embedding_backward",
     "inputs_not_mutated",
 }
+# Graded with benchmarks: each alone, so that nothing else of this module competes with its clock.
+TIMED = [students.SOLUTION, students.WRONG_WHEN_TIMED]
+UNTIMED = [
+    students.HANDOUT,
+    students.TIES_BY_ID,
+    students.SPECIAL_TOKENS_IN_LIST_ORDER,
+    students.EMBEDDING_DETACHED,
+]
+PUBLIC_RUNS = [SOLUTION_DIR, None, {"hw1.py": students.SPECIAL_TOKENS_IN_LIST_ORDER}]
 GradeOnce = Callable[..., Graded]
 
 
 @pytest.fixture(scope="module")
-def graded(runner_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> GradeOnce:
-    """``graded(source, benchmarks=False)``: the report of hw1.py with this source, graded once per module."""
-    package = load_package(HW1)
-    reports: dict[tuple[str, bool], Graded] = {}
+def graded(package_grader: PackageGrader) -> GradeOnce:
+    """``graded(source, benchmarks=False)``: the grading of hw1.py with this source, made once per module.
+
+    The timed gradings come first, one at a time; then the others and the public-test runs start in the
+    background, two at a time.
+    """
 
     def run(source: str, *, benchmarks: bool = False) -> Graded:
-        key = (source, benchmarks)
-        if key not in reports:
-            workdir = tmp_path_factory.mktemp("hw1-work")
-            (workdir / "hw1.py").write_text(source)
-            with start_runner(runner_dir, workdir, package.module, runner_options(package)) as runner:
-                report = grade(package, runner.channel, seed=2027, benchmarks=benchmarks)
-                runner.process.stdin.close()
-                try:
-                    returncode: int | None = runner.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    returncode = None
-            reports[key] = Graded(report, returncode, runner.stderr())
-        return reports[key]
+        return package_grader.grade(HW1, {"hw1.py": source}, benchmarks=benchmarks, seed=SEED)
 
+    for source in TIMED:
+        run(source, benchmarks=True)
+    package_grader.start(
+        [Grading(HW1, {"hw1.py": source}, seed=SEED) for source in UNTIMED]
+        + [PublicRun(HW1, files) for files in PUBLIC_RUNS]
+    )
     return run
 
 
@@ -150,23 +154,22 @@ def test_gradient_cut_off_from_autograd_is_explained(graded):
     assert "does not depend on the inputs through autograd" in message
 
 
-def test_passing_the_public_tests_but_not_a_hidden_edge_case_gives_partial_marks(graded):
-    files = {"hw1.py": students.SPECIAL_TOKENS_IN_LIST_ORDER}
-    public = run_public_tests(HW1, files)
+def test_passing_the_public_tests_but_not_a_hidden_edge_case_gives_partial_marks(graded, package_grader):
+    public = package_grader.public_tests(HW1, {"hw1.py": students.SPECIAL_TOKENS_IN_LIST_ORDER})
     assert public.returncode == 0, public.stdout[-3000:]
     result = graded(students.SPECIAL_TOKENS_IN_LIST_ORDER)
     assert 0 < result.report.score < result.report.max_score
     assert all(result.outcome(name).visibility == "hidden" for name in result.failed_tests())
 
 
-def test_public_tests_pass_on_the_solution():
-    result = run_public_tests(HW1, HW1 / "solution")
+def test_public_tests_pass_on_the_solution(package_grader):
+    result = package_grader.public_tests(HW1, SOLUTION_DIR)
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
 
 
-def test_public_tests_fail_on_the_untouched_handout():
-    result = run_public_tests(HW1, None)
+def test_public_tests_fail_on_the_untouched_handout(package_grader):
+    result = package_grader.public_tests(HW1, None)
     assert result.returncode == 1
     assert "NotImplementedError" in result.stdout
 
@@ -184,7 +187,7 @@ def test_wrong_results_while_timed_record_no_metric(graded):
 
 
 def test_solution_passes_the_static_check():
-    assert check_package_sources(load_package(HW1), HW1 / "solution") == []
+    assert check_package_sources(load_package(HW1), SOLUTION_DIR) == []
 
 
 def test_tokenizer_libraries_and_torch_embedding_are_refused():

@@ -2,7 +2,8 @@
 handout, planted bugs lose exactly the tests that cover them and the model test names the broken component,
 and the handout's public tests and golden values agree with the solution and the reference.
 
-Each grading takes seconds, so a module-level cache shares one grading per submission between the tests.
+Each grading takes seconds, so each submission is graded once per module and shared by the tests that look at
+it.
 """
 
 import importlib.util
@@ -14,7 +15,7 @@ import torch
 from graders.package import load_package
 from graders.static_check import check_package_sources, check_sources
 from tests.graders import hw2_transformer_students as students
-from tests.graders.conftest import run_public_tests
+from tests.graders.conftest import Grading, PackageGrader, PublicRun
 
 PACKAGE = students.PACKAGE
 SOLUTION_DIR = PACKAGE / "solution"
@@ -28,27 +29,43 @@ DOWNSTREAM_OF_ATTENTION = {
     "model_loss_and_grads",
 }
 MODEL_TESTS = {"model_logits", "model_other_configs", "model_loss_and_grads"}
+SEED = 20270404
+BUGS = [
+    "GQA_TILED",
+    "ROPE_HALF_SPLIT",
+    "RMS_NORM_DETACHED",
+    "EMBEDDING_SCALED",
+    "CROSS_ENTROPY_IGNORES_NOTHING",
+]
 
 
 @pytest.fixture(scope="module")
-def gradings() -> dict:
-    return {}
+def graded(package_grader: PackageGrader):
+    """``graded(files, benchmarks=False)``: the grading of ``files`` over the handout (None: the untouched
+    handout), made once per module.
 
+    The solution's timed grading comes first, alone; then the handout's, the planted bugs' and the public-test
+    runs start in the background, two at a time.
+    """
 
-@pytest.fixture
-def graded(grade_package, gradings):
-    """``graded(name, files, benchmarks=False)``: the grading of a submission, made once per module."""
+    def run(files, *, benchmarks=False):
+        return package_grader.grade(PACKAGE, files, benchmarks=benchmarks, seed=SEED)
 
-    def get(name, files, *, benchmarks=False):
-        if name not in gradings:
-            gradings[name] = grade_package(PACKAGE, files, benchmarks=benchmarks, seed=20270404)
-        return gradings[name]
-
-    return get
+    run(SOLUTION_DIR, benchmarks=True)
+    package_grader.start(
+        [
+            Grading(PACKAGE, None, benchmarks=True, seed=SEED),
+            *(Grading(PACKAGE, getattr(students, name), seed=SEED) for name in BUGS),
+            PublicRun(PACKAGE, SOLUTION_DIR),
+            PublicRun(PACKAGE, None),
+            PublicRun(PACKAGE, students.CROSS_ENTROPY_IGNORES_NOTHING),
+        ]
+    )
+    return run
 
 
 def solution(graded):
-    return graded("solution", SOLUTION_DIR, benchmarks=True)
+    return graded(SOLUTION_DIR, benchmarks=True)
 
 
 def test_package_declares_the_interface_and_weights():
@@ -98,7 +115,7 @@ def test_solution_records_the_forward_backward_time(graded):
 
 
 def test_untouched_handout_scores_zero_with_clear_messages(graded):
-    graded_handout = graded("handout", HANDOUT_DIR, benchmarks=True)
+    graded_handout = graded(None, benchmarks=True)
     report = graded_handout.report
     assert (report.status, report.score, report.max_score) == ("graded", 0, 100)
     assert report.metrics == {}
@@ -146,7 +163,7 @@ def test_untouched_handout_scores_zero_with_clear_messages(graded):
     ids=["gqa-tiled", "rope-half-split", "rms-norm-detached", "embedding-scaled", "cross-entropy-no-ignore"],
 )
 def test_planted_bug_loses_exactly_its_tests_and_names_the_component(graded, name, lost, test, named):
-    graded_bug = graded(name, getattr(students, name))
+    graded_bug = graded(getattr(students, name))
     assert graded_bug.report.status == "graded"
     assert graded_bug.failed_tests() == lost
     assert graded_bug.report.score == 100 - sum(graded_bug.outcome(lost_test).max_score for lost_test in lost)
@@ -154,25 +171,25 @@ def test_planted_bug_loses_exactly_its_tests_and_names_the_component(graded, nam
 
 
 def test_hidden_test_messages_give_the_error_size_not_expected_values(graded):
-    message = graded("GQA_TILED", students.GQA_TILED).outcome("model_other_configs").message
+    message = graded(students.GQA_TILED).outcome("model_other_configs").message
     assert "largest absolute error" in message and "the attention in layer 0" in message
     assert "expected " not in message.replace("expected values", "")
 
 
-def test_bug_that_passes_the_public_tests_gets_partial_marks(graded):
-    public = run_public_tests(PACKAGE, students.CROSS_ENTROPY_IGNORES_NOTHING)
+def test_bug_that_passes_the_public_tests_gets_partial_marks(graded, package_grader):
+    public = package_grader.public_tests(PACKAGE, students.CROSS_ENTROPY_IGNORES_NOTHING)
     assert public.returncode == 0, public.stdout
-    report = graded("CROSS_ENTROPY_IGNORES_NOTHING", students.CROSS_ENTROPY_IGNORES_NOTHING).report
+    report = graded(students.CROSS_ENTROPY_IGNORES_NOTHING).report
     assert 0 < report.score < report.max_score
 
 
-def test_public_tests_pass_on_the_solution():
-    result = run_public_tests(PACKAGE, SOLUTION_DIR)
+def test_public_tests_pass_on_the_solution(package_grader):
+    result = package_grader.public_tests(PACKAGE, SOLUTION_DIR)
     assert result.returncode == 0, result.stdout
 
 
-def test_public_tests_fail_on_the_untouched_handout():
-    result = run_public_tests(PACKAGE, None)
+def test_public_tests_fail_on_the_untouched_handout(package_grader):
+    result = package_grader.public_tests(PACKAGE, None)
     assert result.returncode == 1, result.stdout
     assert "NotImplementedError" in result.stdout
 

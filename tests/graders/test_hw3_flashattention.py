@@ -7,16 +7,16 @@ the GPU tests too, and a test marked ``gpu`` checks that the leaderboard ranks a
 """
 
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from graders.harness import NEEDS_GPU_MESSAGE, grade
+from graders.harness import NEEDS_GPU_MESSAGE
 from graders.package import load_package
 from graders.static_check import check_package_sources
 from tests.graders import hw3_students as students
-from tests.graders.conftest import Graded, run_public_tests, runner_options, start_runner
+from tests.graders.conftest import Graded, Grading, PackageGrader, PublicRun
 
 HAS_GPU = torch.cuda.is_available()
 GPU_TESTS = {"gpu_long_sequences", "gpu_bfloat16"}
@@ -45,65 +45,53 @@ def package():
     return load_package(students.HW3)
 
 
+SEED = 4321
 SUBMISSIONS = {
-    "solution": {students.MODULE_FILE: students.SOLUTION},
-    "handout": {students.MODULE_FILE: (students.HW3 / "handout" / students.MODULE_FILE).read_text()},
+    "solution": students.SOLUTION_DIR,
+    "handout": None,  # the untouched handout
     "causal-bottom-right": students.CAUSAL_BOTTOM_RIGHT,
     "lse-without-max": students.LSE_WITHOUT_MAX,
     "dv-unmasked-p": students.DV_UNMASKED_P,
     "gqa-head-modulo": students.GQA_HEAD_MODULO,
     "ragged-keys-unmasked": students.RAGGED_KEYS_UNMASKED,
 }
+# The handout's public tests (a pytest run each, as a student runs them) on three submissions.
+PUBLIC_RUNS = {
+    "solution": students.SOLUTION_DIR,
+    "handout": None,
+    "ragged-keys-unmasked": students.RAGGED_KEYS_UNMASKED,
+}
+
+
+def _grading(name: str) -> Grading:
+    return Grading(students.HW3, SUBMISSIONS[name], benchmarks=name == "solution", seed=SEED)
 
 
 @pytest.fixture(scope="module")
-def graded(runner_dir, package, tmp_path_factory) -> dict[str, Graded]:
-    """Every submission above, graded once for the tests below (the solution with benchmarks).
+def graded(package_grader: PackageGrader) -> Callable[[str], Graded]:
+    """``graded(name)``: the grading of a submission above (the solution's with benchmarks), made once per
+    module; every grading and public-test run of the module starts at once.
 
     Without a GPU the gradings are independent CPU work (the kernels run in Triton's interpreter), so two run
     at a time; on a GPU one at a time, as a GPU worker grades, so that the solution's timings are undisturbed.
     """
-
-    def run(name: str) -> Graded:
-        workdir = tmp_path_factory.mktemp(f"hw3-{name}")
-        for relative, source in SUBMISSIONS[name].items():
-            (workdir / relative).write_text(source)
-        with start_runner(runner_dir, workdir, package.module, runner_options(package)) as runner:
-            report = grade(package, runner.channel, seed=4321, benchmarks=name == "solution")
-            runner.process.stdin.close()
-            try:
-                returncode: int | None = runner.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                returncode = None
-        return Graded(report, returncode, runner.stderr())
-
-    # The grader's own torch work (float64 references of tiny shapes) runs on one thread, as the harness's does
-    # while it times: OpenMP threads spinning between tiny parallel regions would take CPU from the runners.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=1 if HAS_GPU else 2) as pool:
-            return dict(zip(SUBMISSIONS, pool.map(run, SUBMISSIONS), strict=True))
-    finally:
-        torch.set_num_threads(threads)
+    package_grader.start(
+        [_grading(name) for name in SUBMISSIONS]
+        + [PublicRun(students.HW3, files) for files in PUBLIC_RUNS.values()],
+        workers=1 if HAS_GPU else 2,
+    )
+    return lambda name: package_grader.result(_grading(name))
 
 
 @pytest.fixture(scope="module")
-def public_runs() -> dict[str, subprocess.CompletedProcess[str]]:
-    """The handout's public tests (a pytest run each, as a student runs them) on three submissions."""
-    files = {
-        "solution": students.SOLUTION_DIR,
-        "handout": None,  # the untouched handout
-        "ragged-keys-unmasked": students.RAGGED_KEYS_UNMASKED,
-    }
-    with ThreadPoolExecutor(max_workers=1 if HAS_GPU else 2) as pool:
-        runs = pool.map(lambda name: run_public_tests(students.HW3, files[name]), files)
-        return dict(zip(files, runs, strict=True))
+def public_runs(package_grader: PackageGrader, graded) -> Callable[[str], subprocess.CompletedProcess[str]]:
+    """``public_runs(name)``: the public tests run on a submission of PUBLIC_RUNS (started by ``graded``)."""
+    return lambda name: package_grader.public_tests(students.HW3, PUBLIC_RUNS[name])
 
 
 @pytest.fixture(scope="module")
 def solution_graded(graded) -> Graded:
-    return graded["solution"]
+    return graded("solution")
 
 
 def test_manifest_declares_the_interface_and_gpu_tests(package):
@@ -166,7 +154,7 @@ def test_static_check_refuses_pytorch_attention_and_code_without_a_kernel(packag
 
 
 def test_untouched_handout_scores_zero_with_clear_messages(graded):
-    report = graded["handout"].report
+    report = graded("handout").report
     assert report.status == "graded" and report.score == 0
     for test in report.tests:
         if test.name in NOT_RUN_HERE:
@@ -218,7 +206,7 @@ def test_untouched_handout_scores_zero_with_clear_messages(graded):
     ids=["causal-bottom-right", "lse-without-max", "dv-unmasked-p", "gqa-head-modulo"],
 )
 def test_planted_bug_loses_exactly_its_tests(graded, submission, lost, named):
-    bug = graded[submission]
+    bug = graded(submission)
     assert bug.report.status == "graded"
     assert bug.failed_tests() == lost | GPU_TESTS
     test_name, component = named
@@ -226,24 +214,24 @@ def test_planted_bug_loses_exactly_its_tests(graded, submission, lost, named):
 
 
 def test_public_pass_hidden_fail_gets_partial_marks(graded, public_runs):
-    ragged = graded["ragged-keys-unmasked"]
+    ragged = graded("ragged-keys-unmasked")
     report = ragged.report
     assert ragged.failed_tests() == {"forward_ragged"} | GPU_TESTS
     assert 0 < report.score < report.max_score
     message = ragged.outcome("forward_ragged").message
     assert "flash_attention_forward" in message and "does not match the expected values" in message
     assert "expected" not in message.split("does not match the expected values", 1)[1]  # no hidden values
-    public = public_runs["ragged-keys-unmasked"]
+    public = public_runs("ragged-keys-unmasked")
     assert public.returncode == 0, public.stdout + public.stderr
 
 
 def test_public_tests_pass_on_the_solution(public_runs):
-    result = public_runs["solution"]
+    result = public_runs("solution")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_public_tests_fail_on_the_untouched_handout(public_runs):
-    result = public_runs["handout"]
+    result = public_runs("handout")
     assert result.returncode == 1
     assert "NotImplementedError" in result.stdout
 

@@ -3,26 +3,21 @@ messages for the untouched handout, planted bugs that lose exactly the tests cov
 against pickled checkpoints, and the handout's public tests.
 
 A grading runs a LoRA fine-tuning in the sandbox, so each submission is graded once per module and shared by the
-tests that look at it.
+tests that look at it. The gradings run one at a time: the fine-tuning tests hold the submission to a time
+budget, which a second grading competing for the cores would eat into.
 """
 
 import importlib.util
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from graders.harness import grade
 from graders.static_check import check_package_sources
 from reference_impl.lora import apply_lora, lora_state_dict
 from reference_impl.model import ModelArgs, Transformer
 from tests.graders import hw4_moe_lora_finetune_students as students
-from tests.graders.conftest import Graded, run_public_tests, runner_options, start_runner
+from tests.graders.conftest import Files, Graded, PackageGrader, submission_files
 
 ALL_TESTS = {
     "moe_forward_basic",
@@ -50,40 +45,15 @@ BUGS = {
 }
 
 
-def _write(workdir: Path, files: Path | Mapping[str, str]) -> None:
-    if isinstance(files, Path):
-        shutil.copytree(files, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        return
-    for relative, source in files.items():
-        (workdir / relative).write_text(source)
-
-
 @pytest.fixture(scope="module")
-def graded(runner_dir, packages, tmp_path_factory) -> Callable[[str, Path | Mapping[str, str]], Graded]:
-    """``graded(key, files)``: the grading of that submission, run once per module and key."""
-    package = packages(students.PACKAGE)
-    done: dict[str, Graded] = {}
-
-    def run(key: str, files: Path | Mapping[str, str]) -> Graded:
-        if key not in done:
-            workdir = tmp_path_factory.mktemp(f"hw4-{key}") / "work"
-            workdir.mkdir()
-            _write(workdir, files)
-            with start_runner(runner_dir, workdir, package.module, runner_options(package)) as runner:
-                report = grade(package, runner.channel, seed=1234, benchmarks=False)
-                runner.process.stdin.close()
-                try:
-                    returncode: int | None = runner.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    returncode = None
-            done[key] = Graded(report, returncode, runner.stderr())
-        return done[key]
-
-    return run
+def graded(package_grader: PackageGrader) -> Callable[[Files], Graded]:
+    """``graded(files)``: the grading of ``files`` over the handout (None: the untouched handout), made once
+    per module."""
+    return lambda files: package_grader.grade(students.PACKAGE, files)
 
 
 def test_solution_scores_full_marks(graded):
-    graded_solution = graded("solution", students.SOLUTION)
+    graded_solution = graded(students.SOLUTION)
     report = graded_solution.report
     assert (report.status, report.failure_reason) == ("graded", None)
     assert {test.name: test.message for test in report.tests} == dict.fromkeys(ALL_TESTS, "passed")
@@ -92,12 +62,12 @@ def test_solution_scores_full_marks(graded):
 
 
 def test_solution_records_the_heldout_loss_for_the_leaderboard(graded):
-    metrics = graded("solution", students.SOLUTION).report.metrics
+    metrics = graded(students.SOLUTION).report.metrics
     assert 0 < metrics["heldout_loss"] < 0.05
 
 
 def test_untouched_handout_scores_zero_with_clear_messages(graded):
-    report = graded("handout", students.HANDOUT).report
+    report = graded(None).report
     assert report.status == "graded" and report.failure_reason is None
     assert report.score == 0 and report.max_score == 100
     assert report.metrics == {}
@@ -117,7 +87,7 @@ def test_untouched_handout_scores_zero_with_clear_messages(graded):
     ids=["ties-with-topk", "adapter-keys-by-substring", "stops-late", "adam-without-eps"],
 )
 def test_planted_bug_loses_exactly_its_tests(graded, bug, lost, message):
-    result = graded(bug, students.submission(BUGS[bug]))
+    result = graded(students.submission(BUGS[bug]))
     assert result.report.status == "graded"
     assert result.failed_tests() == lost
     assert result.report.score == 100 - sum(result.outcome(name).max_score for name in lost)
@@ -126,26 +96,25 @@ def test_planted_bug_loses_exactly_its_tests(graded, bug, lost, message):
 
 
 def test_hidden_failure_message_gives_counts_not_the_expected_keys(graded):
-    result = graded("adapter-keys-by-substring", students.submission(students.ADAPTER_KEYS_BY_SUBSTRING))
+    result = graded(students.submission(students.ADAPTER_KEYS_BY_SUBSTRING))
     message = result.outcome("adapter_state_dict_edge_keys").message
     assert "0 expected key(s) missing, 5 key(s) that should not be there" in message
     assert "lora_" not in message.split("adapter_state_dict of a state dict")[1]
 
 
-def test_bug_that_passes_the_public_tests_gets_partial_marks(graded):
+def test_bug_that_passes_the_public_tests_gets_partial_marks(graded, package_grader):
     submission = students.submission(students.ADAPTER_KEYS_BY_SUBSTRING)
     # Only adapter_state_dict differs from the solution, whose whole public suite passes (below): the public
     # tests of adapter_state_dict decide.
-    public = _run_public_subset(submission, "adapter_state_dict")
+    public = package_grader.public_tests(students.PACKAGE, submission, selection="adapter_state_dict")
     assert public.returncode == 0 and "1 passed" in public.stdout, public.stdout + public.stderr
-    report = graded("adapter-keys-by-substring", submission).report
+    report = graded(submission).report
     assert 0 < report.score < report.max_score
 
 
 def test_solution_passes_the_static_check(packages):
     package = packages(students.PACKAGE)
-    files = {path.name: path.read_bytes() for path in students.SOLUTION.glob("*.py")}
-    assert check_package_sources(package, files) == []
+    assert check_package_sources(package, submission_files(package, students.SOLUTION)) == []
 
 
 @pytest.mark.parametrize(
@@ -195,25 +164,11 @@ def test_handout_model_matches_the_reference_transformer():
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_public_tests_pass_on_the_solution():
-    result = run_public_tests(students.PACKAGE, students.SOLUTION)
+def test_public_tests_pass_on_the_solution(package_grader):
+    result = package_grader.public_tests(students.PACKAGE, students.SOLUTION)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_public_tests_fail_on_the_untouched_handout():
-    result = run_public_tests(students.PACKAGE, None)
+def test_public_tests_fail_on_the_untouched_handout(package_grader):
+    result = package_grader.public_tests(students.PACKAGE, None)
     assert result.returncode == 1 and "NotImplementedError" in result.stdout
-
-
-def _run_public_subset(files: Mapping[str, str], selection: str) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory(prefix="handout-") as directory:
-        workdir = Path(directory) / "handout"
-        shutil.copytree(students.HANDOUT, workdir, ignore=shutil.ignore_patterns("__pycache__"))
-        _write(workdir, files)
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection, "."],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )

@@ -1,25 +1,19 @@
 """Self-test of the hw5-inference package: full marks for the solution (with its throughput and recall metrics),
-zero with clear messages for the untouched handout, planted bugs that lose exactly the tests covering them, and
-the handout's public tests.
+zero with clear messages for the untouched handout, planted bugs that lose exactly the tests covering them,
+the static check against ready-made differentiable collectives and ZeRO, and the handout's public tests.
 
 A grading runs every test (two rank processes, the embedding model), so each submission is graded once per
 module, two gradings or public-test runs at a time, and shared by the tests that look at it.
 """
 
-import functools
-import shutil
 import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from graders.harness import grade
+from graders.static_check import check_package_sources
 from tests.graders import hw5_inference_students as students
-from tests.graders.conftest import Graded, run_public_tests, runner_options, start_runner
+from tests.graders.conftest import Graded, Grading, PackageGrader, PublicRun, submission_files
 
 ALL_TESTS = {
     "attention_with_cache_prefill",
@@ -55,87 +49,57 @@ PADDING_TESTS = {
 }
 COLUMN_PARALLEL_TESTS = {"tp_column_parallel_linear", "tp_parallel_mlp", "tp_parallel_attention"}
 
-
-def _write(workdir: Path, files: Path | Mapping[str, str]) -> None:
-    if isinstance(files, Path):
-        shutil.copytree(files, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        return
-    for relative, source in files.items():
-        (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
-        (workdir / relative).write_text(source)
-
-
-def _grade(package, runner_dir: Path, workdir: Path, files: Path | Mapping[str, str]) -> Graded:
-    workdir.mkdir()
-    _write(workdir, files)
-    with start_runner(runner_dir, workdir, package.module, runner_options(package)) as runner:
-        report = grade(package, runner.channel, seed=1234, benchmarks=False)
-        runner.process.stdin.close()
-        try:
-            returncode: int | None = runner.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            returncode = None
-    return Graded(report, returncode, runner.stderr())
-
-
-def _run_public_subset(files: Mapping[str, str], selection: str) -> subprocess.CompletedProcess[str]:
-    """The handout's public tests chosen by ``-k selection``, run against ``files`` as a student would."""
-    with tempfile.TemporaryDirectory(prefix="handout-") as directory:
-        workdir = Path(directory) / "handout"
-        shutil.copytree(students.HANDOUT, workdir, ignore=shutil.ignore_patterns("__pycache__"))
-        _write(workdir, files)
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection, "."],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+GRADINGS = {
+    "solution": students.SOLUTION,
+    "handout": None,  # the untouched handout
+    **{name: students.submission(edit) for name, edit in students.BUGS.items()},
+}
+PUBLIC_RUNS = {
+    "solution": PublicRun(students.PACKAGE, students.SOLUTION),
+    "handout": PublicRun(students.PACKAGE, None),
+    # Only sampling.py differs from the solution, whose whole public suite passes: the public tests that reach
+    # sampling.py decide whether this bug passes them.
+    "top-k-drops-ties": PublicRun(
+        students.PACKAGE, GRADINGS["top-k-drops-ties"], selection="top_k or top_p or sample"
+    ),
+}
 
 
 @pytest.fixture(scope="module")
-def results(runner_dir, packages, tmp_path_factory) -> Iterator[dict[str, Future]]:
-    """Every grading and public-test run this module looks at, started at once, two at a time.
+def graded(package_grader: PackageGrader) -> Callable[[str], Graded]:
+    """``graded(name)``: the grading of a submission of GRADINGS, made once per module; every grading and
+    public-test run of the module starts at once, two at a time.
 
     A grading spends most of its time in the runner process and a public-test run in its own pytest process,
-    so two of them keep both cores of a small machine busy; each is run once and shared by the tests.
+    so two of them keep both cores of a small machine busy.
     """
-    package = packages(students.PACKAGE)
-    gradings: dict[str, Path | Mapping[str, str]] = {
-        "solution": students.SOLUTION,
-        "handout": students.HANDOUT,
-    }
-    gradings.update({name: students.submission(edit) for name, edit in students.BUGS.items()})
-    jobs: dict[str, Callable[[], object]] = {
-        name: functools.partial(_grade, package, runner_dir, tmp_path_factory.mktemp(name) / "work", files)
-        for name, files in gradings.items()
-    }
-    jobs["public-solution"] = functools.partial(run_public_tests, students.PACKAGE, students.SOLUTION)
-    jobs["public-handout"] = functools.partial(run_public_tests, students.PACKAGE, None)
-    # Only sampling.py differs from the solution, whose whole public suite passes: the public tests that reach
-    # sampling.py decide whether this bug passes them.
-    jobs["public-top-k-bug"] = functools.partial(
-        _run_public_subset, gradings["top-k-drops-ties"], "top_k or top_p or sample"
+    package_grader.start(
+        [Grading(students.PACKAGE, files) for files in GRADINGS.values()] + list(PUBLIC_RUNS.values())
     )
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {name: pool.submit(job) for name, job in jobs.items()}
+    return lambda name: package_grader.grade(students.PACKAGE, GRADINGS[name])
 
 
-def test_solution_scores_full_marks(results):
-    report = results["solution"].result().report
+@pytest.fixture(scope="module")
+def public_runs(package_grader: PackageGrader, graded) -> Callable[[str], subprocess.CompletedProcess[str]]:
+    """``public_runs(name)``: the public tests run on a submission of PUBLIC_RUNS (started by ``graded``)."""
+    return lambda name: package_grader.result(PUBLIC_RUNS[name])
+
+
+def test_solution_scores_full_marks(graded):
+    report = graded("solution").report
     assert (report.status, report.failure_reason) == ("graded", None)
     assert {test.name: test.message for test in report.tests} == dict.fromkeys(ALL_TESTS, "passed")
     assert report.score == report.max_score == 100
 
 
-def test_solution_records_throughput_and_recall(results):
-    metrics = results["solution"].result().report.metrics
+def test_solution_records_throughput_and_recall(graded):
+    metrics = graded("solution").report.metrics
     assert metrics["tokens_per_s"] > 0 and metrics["tokens_per_s_reference"] > 0
     assert metrics["recall_at_5"] >= 0.9
 
 
-def test_untouched_handout_scores_zero_with_clear_messages(results):
-    graded_handout = results["handout"].result()
+def test_untouched_handout_scores_zero_with_clear_messages(graded):
+    graded_handout = graded("handout")
     report = graded_handout.report
     assert report.status == "graded" and report.failure_reason is None
     assert report.score == 0 and report.max_score == 100
@@ -156,8 +120,8 @@ def test_untouched_handout_scores_zero_with_clear_messages(results):
         ("copy-backward-without-all-reduce", COLUMN_PARALLEL_TESTS, "grad_x on rank 0"),
     ],
 )
-def test_planted_bug_loses_exactly_its_tests(results, bug, lost, component):
-    result = results[bug].result()
+def test_planted_bug_loses_exactly_its_tests(graded, bug, lost, component):
+    result = graded(bug)
     assert result.report.status == "graded"
     assert result.failed_tests() == lost
     assert result.report.score == 100 - sum(result.outcome(name).max_score for name in lost)
@@ -165,25 +129,91 @@ def test_planted_bug_loses_exactly_its_tests(results, bug, lost, component):
     assert component in result.outcome(first).message
 
 
-def test_hidden_failure_message_gives_no_expected_values(results):
-    result = results["top-k-drops-ties"].result()
+def test_hidden_failure_message_gives_no_expected_values(graded):
+    result = graded("top-k-drops-ties")
     message = result.outcome("filters_ties_and_edges").message
     assert "does not match exactly" in message
     assert "expected" not in message.split("does not match exactly")[1]
 
 
-def test_bug_that_passes_the_public_tests_gets_partial_marks(results):
-    public = results["public-top-k-bug"].result()
+def test_bug_that_passes_the_public_tests_gets_partial_marks(graded, public_runs):
+    public = public_runs("top-k-drops-ties")
     assert public.returncode == 0, public.stdout + public.stderr
-    report = results["top-k-drops-ties"].result().report
+    report = graded("top-k-drops-ties").report
     assert 0 < report.score < report.max_score
 
 
-def test_public_tests_pass_on_the_solution(results):
-    public = results["public-solution"].result()
+def test_public_tests_pass_on_the_solution(public_runs):
+    public = public_runs("solution")
     assert public.returncode == 0, public.stdout + public.stderr
 
 
-def test_public_tests_fail_on_the_untouched_handout(results):
-    public = results["public-handout"].result()
+def test_public_tests_fail_on_the_untouched_handout(public_runs):
+    public = public_runs("handout")
     assert public.returncode == 1 and "NotImplementedError" in public.stdout
+
+
+@pytest.mark.parametrize("files", [students.SOLUTION, None], ids=["solution", "handout"])
+def test_solution_and_handout_pass_the_static_check(packages, files):
+    """The handout's launcher starts the ranks with multiprocessing, which the check cannot follow: the
+    assignment allows it, and nothing else it uses is refused."""
+    package = packages(students.PACKAGE)
+    handed_in = submission_files(package, files)
+    assert (
+        "hw5_inference/launcher.py" in handed_in
+        and b"import multiprocessing" in handed_in["hw5_inference/launcher.py"]
+    )
+    assert check_package_sources(package, handed_in) == []
+
+
+READY_MADE = {
+    "differentiable-all-reduce": (
+        "from torch.distributed.nn.functional import all_reduce\n",
+        "line 1: imports torch.distributed.nn.functional",
+    ),
+    "differentiable-module": (
+        "import torch.distributed.nn as dist_nn\n\ndef f(x):\n    return dist_nn.functional.all_gather(x)\n",
+        "line 1: imports torch.distributed.nn",
+    ),
+    "through-torch": (
+        "import torch\n\ndef f(x):\n    return torch.distributed.nn.functional.all_reduce(x)\n",
+        "line 4: uses torch.distributed.nn",
+    ),
+    "functional-collectives": (
+        "from torch.distributed import _functional_collectives as fc\n",
+        "line 1: uses torch.distributed._functional_collectives",
+    ),
+    "zero-redundancy-optimizer": (
+        "from torch.distributed.optim import ZeroRedundancyOptimizer\n",
+        "line 1: imports torch.distributed.optim",
+    ),
+    "zero-from-its-module": (
+        "import torch.distributed.optim.zero_redundancy_optimizer as zro\n",
+        "line 1: imports torch.distributed.optim.zero_redundancy_optimizer",
+    ),
+}
+
+
+def _refusals(package, zero_py: str) -> list[str]:
+    """Why the static check refuses the solution with hw5_inference/zero.py replaced by ``zero_py`` (the
+    worker fails a submission with any violation before it runs); every reason must be in that file."""
+    handed_in = submission_files(package, students.SOLUTION) | {"hw5_inference/zero.py": zero_py.encode()}
+    violations = check_package_sources(package, handed_in)
+    assert violations, "the submission was not refused"
+    assert all(violation.path == "hw5_inference/zero.py" for violation in violations), violations
+    return [str(violation) for violation in violations]
+
+
+@pytest.mark.parametrize(("source", "expected"), READY_MADE.values(), ids=READY_MADE.keys())
+def test_ready_made_collectives_and_zero_are_refused(packages, source, expected):
+    messages = _refusals(packages(students.PACKAGE), source)
+    assert any(
+        expected in message and "not allowed for this assignment" in message for message in messages
+    ), messages
+
+
+def test_allowing_multiprocessing_still_refuses_other_process_spawners(packages):
+    assert _refusals(packages(students.PACKAGE), "import subprocess\n") == [
+        "hw5_inference/zero.py, line 1: imports subprocess; not allowed for this assignment "
+        "(code run that way cannot be checked)"
+    ]

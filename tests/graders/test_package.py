@@ -141,6 +141,22 @@ def test_runner_files_and_argv(warmup_package):
             "max_processes = 64\nmax_tensor_elements = 0\n",
             "limits.max_tensor_elements must be an integer >= 1",
         ),
+        (
+            "[static_check]\n",
+            '[static_check]\nallow_imports = ["torch.distributed"]\n',
+            "static_check.allow_imports entry 'torch.distributed' is not a module the static check refuses",
+        ),
+        (
+            "[static_check]\n",
+            '[static_check]\nallow_imports = ["multiprocessing"]\n'
+            'forbid_imports = ["multiprocessing.pool"]\n',
+            "allow_imports entry 'multiprocessing' overlaps forbid_imports entry 'multiprocessing.pool'",
+        ),
+        (
+            "[static_check]\n",
+            '[static_check]\nallow_imports = "multiprocessing"\n',
+            "static_check.allow_imports must be a list of dotted names",
+        ),
     ],
     ids=[
         "missing-key",
@@ -170,6 +186,9 @@ def test_runner_files_and_argv(warmup_package):
         "launch-not-interface",
         "static-check-unknown-key",
         "max-tensor-elements",
+        "allow-not-refused",
+        "allow-overlaps-forbid",
+        "allow-not-a-list",
     ],
 )
 def test_invalid_manifest_is_refused_with_the_problem_named(package_copy, old, new, complaint):
@@ -198,12 +217,14 @@ def test_static_check_and_tensor_cap_are_read(package_copy):
     edit_manifest(
         package_copy,
         "[static_check]\n",
-        '[static_check]\nrequire_kernel_launch = true\nrequire_calls = ["triton.jit"]\n',
+        '[static_check]\nrequire_kernel_launch = true\nrequire_calls = ["triton.jit"]\n'
+        'allow_imports = ["multiprocessing", "subprocess"]\n',
     )
     edit_manifest(package_copy, "max_processes = 64\n", "max_processes = 64\nmax_tensor_elements = 5000\n")
     package = load_package(package_copy)
     assert package.static_check.require_kernel_launch == ("softmax", "rms_norm")
     assert package.static_check.require_calls == ("triton.jit",)
+    assert package.static_check.allow_imports == ("multiprocessing", "subprocess")
     assert "torch.Tensor.softmax" in package.static_check.forbid_calls
     assert package.max_tensor_elements == 5000
     argv = runner_argv(package)

@@ -152,6 +152,48 @@ def test_code_that_cannot_be_followed_is_refused_when_something_is_forbidden(spe
     )
 
 
+FORBIDS_SOFTMAX = StaticCheckSpec(forbid_calls=("torch.softmax",))
+ALLOWS_MULTIPROCESSING = StaticCheckSpec(forbid_calls=("torch.softmax",), allow_imports=("multiprocessing",))
+STARTS_PROCESSES = {
+    "module": "import multiprocessing\nmultiprocessing.get_context('fork').Process(target=print).start()\n",
+    "alias": "import multiprocessing as mp\nparent, child = mp.Pipe()\n",
+    "submodule": "from multiprocessing.connection import wait\n",
+}
+
+
+@pytest.mark.parametrize("source", STARTS_PROCESSES.values(), ids=STARTS_PROCESSES.keys())
+def test_an_allowed_module_the_check_cannot_follow_is_not_refused(source):
+    assert messages(source, ALLOWS_MULTIPROCESSING) == []
+    refused = messages(source, FORBIDS_SOFTMAX)
+    assert refused and all(
+        f"multiprocessing; {FORBIDDEN} (code run that way" in message for message in refused
+    )
+
+
+def test_an_allowance_covers_its_modules_only():
+    source = "import multiprocessing\nimport subprocess\nimport torch\ntorch.softmax(x)\n"
+    assert messages(source, ALLOWS_MULTIPROCESSING) == [
+        f"warmup.py, line 2: imports subprocess; {FORBIDDEN} (code run that way cannot be checked)",
+        f"warmup.py, line 4: uses torch.softmax; {FORBIDDEN}",
+    ]
+    connection_only = StaticCheckSpec(
+        forbid_calls=("torch.softmax",), allow_imports=("multiprocessing.connection",)
+    )
+    assert messages("from multiprocessing.connection import wait\n", connection_only) == []
+    assert messages("import multiprocessing\n", connection_only) == [
+        f"warmup.py, line 1: imports multiprocessing; {FORBIDDEN} (code run that way cannot be checked)"
+    ]
+
+
+def test_a_forbidden_module_stays_forbidden_under_an_allowed_one():
+    spec = StaticCheckSpec(
+        forbid_imports=("multiprocessing.shared_memory",), allow_imports=("multiprocessing",)
+    )
+    assert messages("import multiprocessing.shared_memory\n", spec) == [
+        f"warmup.py, line 1: imports multiprocessing.shared_memory; {FORBIDDEN}"
+    ]
+
+
 CLEAN = {
     "solution": students.SOLUTION,
     "own-function-named-softmax": "def softmax(x, dim=-1):\n    return x\n\ndef g(x):\n    return softmax(x)\n",
