@@ -76,7 +76,7 @@ def up(
     else:
         typer.echo(f"Log in with an existing account (first instructor: {FIRST_INSTRUCTOR}).")
     typer.echo(
-        f"API and its documentation: {url}/docs\n"
+        f"Open {url} in a browser and log in. API and its documentation: {url}/docs\n"
         f"From a terminal: autograder login --server {url}   then   autograder submit warmup warmup.py\n"
     )
     python = sys.executable
