@@ -147,8 +147,11 @@ def me(request: Request, session: SessionDep, user: CurrentUser) -> MeOut:
 
 
 @router.post("/auth/password", status_code=204)
-def change_password(body: PasswordIn, session: SessionDep, user: CurrentUser) -> None:
-    service.authenticate(session=session, username=user.username, password=body.current_password)
+def change_password(body: PasswordIn, request: Request, session: SessionDep, user: CurrentUser) -> None:
+    # Throttled like logins: a borrowed session or token must not become a way to guess the password.
+    service.authenticate_throttled(
+        session=session, username=user.username, password=body.current_password, client_ip=client_ip(request)
+    )
     if body.current_password == body.new_password:
         raise BadRequest("The new password must differ from the current one.", code="same_password")
     service.set_password(session=session, user=user, password=body.new_password)

@@ -161,7 +161,12 @@ def change_password(
     check_form_csrf(request, csrf_token)
     t = i18n.translator(i18n.negotiate(request, user))
     try:
-        auth_service.authenticate(session=session, username=user.username, password=current)
+        # Throttled like the login form: a borrowed session must not become a way to guess the password.
+        auth_service.authenticate_throttled(
+            session=session, username=user.username, password=current, client_ip=client_ip(request)
+        )
+    except TooManyRequests as exc:
+        return _account(request, session, user, status_code=429, password_error=exc.message)
     except DomainError:
         return _account(request, session, user, status_code=400, password_error=t("account.password.wrong"))
     if new != confirm:

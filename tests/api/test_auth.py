@@ -170,3 +170,21 @@ def test_password_guessing_is_throttled_per_account_and_address(world) -> None:
     )  # the CLI's login counts the same account, whatever the case
     other = world.client.post("/api/auth/login", json={"username": "bob", "password": world.bob.password})
     assert other.status_code == 200  # other accounts are unaffected
+
+
+def test_guessing_the_current_password_through_a_session_is_throttled_too(world) -> None:
+    from server.auth.service import MAX_LOGIN_FAILURES
+
+    for _ in range(MAX_LOGIN_FAILURES):
+        wrong = world.client.post(
+            "/api/auth/password",
+            json={"current_password": "guess-guess", "new_password": "a-new-long-password"},
+            headers=world.alice.headers,
+        )
+        assert wrong.status_code == 401
+    blocked = world.client.post(
+        "/api/auth/password",
+        json={"current_password": world.alice.password, "new_password": "a-new-long-password"},
+        headers=world.alice.headers,
+    )
+    assert blocked.status_code == 429 and blocked.json()["code"] == "login_throttled"
