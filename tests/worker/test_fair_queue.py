@@ -343,8 +343,10 @@ def test_concurrent_workers_on_postgresql_claim_each_submission_once_and_fairly(
     assert not errors, errors
     ids = [submission_id for _, submission_id in claimed]
     assert sorted(ids) == sorted([*alices, lone])  # every one claimed, none twice
-    # Six workers started at once take alice's first and, among the next ones, bob's: never behind the burst.
-    assert ids.index(lone) <= workers
+    # Claims in flight at the same moment all still see alice as never served (her first grading has not
+    # committed its start yet), so up to one round of workers can take hers first; bob's comes in the next
+    # round at the latest, never behind her burst of 30.
+    assert ids.index(lone) < 2 * workers
     with world.session() as session:
         rows = session.scalars(select(Submission)).all()
     assert all(row.status == SubmissionStatus.running and row.attempt == 1 for row in rows)
